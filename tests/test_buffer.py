@@ -1,0 +1,357 @@
+"""Tests for vlmq_core.buffer: Parquet round trip, atomic shards, FIFO cap, transitions, sampling."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from vlmq_core import buffer as buffer_mod
+from vlmq_core.buffer import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_KEY,
+    BufferConfig,
+    BufferError,
+    TurnBuffer,
+)
+from vlmq_core.turns import Turn, png_bytes
+
+
+def tiny_png(color: tuple[int, int, int] = (255, 0, 0)) -> bytes:
+    return png_bytes(Image.new("RGB", (4, 3), color))
+
+
+def make_turn(episode: str = "e0", t: int = 0, done: bool = False, reward: float = 0.0, **kw) -> Turn:
+    fields = {"task": "vlmq/Test-v0", "prompt": f"p {episode} {t}", "image": None, "reply": f"a {t}"}
+    fields.update(kw)
+    return Turn(episode_id=episode, t=t, done=done, reward=reward, **fields)
+
+
+def make_episode(episode: str, length: int, reward: float = 1.0, **kw) -> list[Turn]:
+    """`length` turns, the last one done with reward `reward` (earlier ones reward 0)."""
+    return [
+        make_turn(episode, t, done=t == length - 1, reward=reward if t == length - 1 else 0.0, **kw)
+        for t in range(length)
+    ]
+
+
+def numbered(n: int) -> list[Turn]:
+    """`n` one-turn episodes named by insertion position, so FIFO order is easy to check."""
+    return [make_turn(f"ep{i:03d}", 0, done=True, reward=float(i)) for i in range(n)]
+
+
+def shard_files(path: Path) -> list[Path]:
+    return sorted(path.glob("shard-*.parquet"))
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- round trip and schema ------------------------------------------------------------------------
+
+
+def test_schema_has_one_column_per_turn_field():
+    assert SCHEMA.names == [f.name for f in dataclasses.fields(Turn)]
+    assert SCHEMA.field("image").type == pa.binary() and SCHEMA.field("image").nullable
+
+
+def test_round_trip_every_field(tmp_path):
+    full = Turn(
+        episode_id="ep-ü",
+        t=3,
+        task="vlmq/NumberLine-v0",
+        prompt="move to 5\nnow",
+        image=tiny_png((1, 2, 3)),
+        reply="[action] right",
+        reward=-0.25,
+        done=True,
+        truncated=True,
+        source="qwen2-vl",
+        strategy="min_format",
+        valid=False,
+        obs="x=4",
+        info='{"x": 4}',
+    )
+    text_only = make_turn("ep-2", 0, image=None)
+    with TurnBuffer(tmp_path) as buf:
+        buf.add([full, text_only])
+    back = TurnBuffer(tmp_path).turns
+    assert back == [full, text_only]
+    assert back[0].image == full.image and back[1].image is None
+    assert back[0].pil_image().getpixel((0, 0)) == (1, 2, 3)
+
+
+def test_schema_version_in_parquet_metadata(tmp_path):
+    with TurnBuffer(tmp_path) as buf:
+        buf.add(numbered(2))
+    (shard,) = shard_files(tmp_path)
+    assert pq.read_metadata(shard).metadata[SCHEMA_VERSION_KEY] == str(SCHEMA_VERSION).encode()
+
+
+# ---- shards, reopen, flush --------------------------------------------------------------------------
+
+
+def test_add_writes_full_shards_and_flush_writes_rest(tmp_path):
+    buf = TurnBuffer(tmp_path, shard_size=4)
+    buf.add(numbered(10))
+    assert len(buf) == 10
+    assert [p.name for p in shard_files(tmp_path)] == ["shard-000000.parquet", "shard-000001.parquet"]
+    assert len(TurnBuffer(tmp_path).turns) == 8  # the 2 pending turns are not on disk yet
+    buf.flush()
+    assert [pq.read_metadata(p).num_rows for p in shard_files(tmp_path)] == [4, 4, 2]
+    buf.flush()  # nothing pending: no empty shard
+    assert len(shard_files(tmp_path)) == 3
+
+
+def test_reopen_sees_same_turns(tmp_path):
+    buf = TurnBuffer(tmp_path, shard_size=3)
+    buf.add(numbered(7))
+    buf.flush()
+    buf.add(make_episode("long", 4))
+    buf.flush()
+    reopened = TurnBuffer(tmp_path, shard_size=3)
+    assert reopened.turns == buf.turns
+    assert len(reopened) == 11
+    # the shard counter continues after the existing shards
+    reopened.add(numbered(1))
+    reopened.flush()
+    assert shard_files(tmp_path)[-1].name == "shard-000005.parquet"
+
+
+def test_dataset_written_then_opened_by_new_object(tmp_path):
+    config = BufferConfig(path=tmp_path / "data", shard_size=5)
+    turns = make_episode("a", 3) + make_episode("b", 4)
+    with TurnBuffer.from_config(config) as writer:
+        writer.add(turns)  # no explicit flush: leaving the block flushes
+    reader = TurnBuffer.from_config(config)
+    assert reader is not writer
+    assert reader.turns == turns
+    assert list(reader.episodes()) == ["a", "b"]
+
+
+def test_turns_property_is_a_copy(tmp_path):
+    buf = TurnBuffer(tmp_path)
+    buf.add(numbered(2))
+    buf.turns.clear()
+    assert len(buf) == 2
+
+
+def test_episodes_sorted_by_t(tmp_path):
+    buf = TurnBuffer(tmp_path)
+    buf.add([make_turn("x", 2, done=True), make_turn("y", 0), make_turn("x", 0), make_turn("x", 1)])
+    eps = buf.episodes()
+    assert list(eps) == ["x", "y"]
+    assert [turn.t for turn in eps["x"]] == [0, 1, 2]
+
+
+# ---- FIFO cap ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "max_turns", "shard_size"),
+    [
+        (10, 7, 3),  # cap falls inside a shard: partial rewrite
+        (9, 6, 3),  # cap falls on a shard boundary: whole shards deleted
+        (9, 5, 3),  # one whole shard deleted and the next rewritten
+        (12, 2, 5),  # cap smaller than a shard
+    ],
+)
+def test_fifo_cap_keeps_newest(tmp_path, n, max_turns, shard_size):
+    turns = numbered(n)
+    buf = TurnBuffer(tmp_path, max_turns=max_turns, shard_size=shard_size)
+    buf.add(turns)
+    buf.flush()
+    assert buf.turns == turns[-max_turns:]
+    assert [pair[0] for pair in buf.transitions()] == turns[-max_turns:]
+    assert sum(pq.read_metadata(p).num_rows for p in shard_files(tmp_path)) == max_turns
+    assert TurnBuffer(tmp_path).turns == turns[-max_turns:]
+
+
+def test_fifo_cap_across_flushes_and_shard_names_keep_growing(tmp_path):
+    turns = numbered(20)
+    buf = TurnBuffer(tmp_path, max_turns=8, shard_size=100)
+    for i in range(0, 20, 3):
+        buf.add(turns[i : i + 3])
+        buf.flush()
+    assert buf.turns == turns[-8:]
+    names = [p.name for p in shard_files(tmp_path)]
+    assert names == sorted(names) and names[-1] == "shard-000006.parquet"
+    assert TurnBuffer(tmp_path).turns == turns[-8:]
+
+
+def test_fifo_cap_applied_when_reopening_with_smaller_cap(tmp_path):
+    turns = numbered(6)
+    with TurnBuffer(tmp_path, shard_size=2) as buf:
+        buf.add(turns)
+    assert TurnBuffer(tmp_path, max_turns=3).turns == turns[-3:]
+    assert TurnBuffer(tmp_path).turns == turns[-3:]
+
+
+def test_failed_rewrite_leaves_old_shard_intact(tmp_path, monkeypatch):
+    turns = numbered(5)
+    buf = TurnBuffer(tmp_path, max_turns=3, shard_size=100)
+    buf.add(turns[:3])
+    buf.flush()
+    (old_shard,) = shard_files(tmp_path)
+    before = digest(old_shard)
+    real_write = buffer_mod.pq.write_table
+    calls = []
+
+    def write_then_fail(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the new shard is written; the cap's rewrite of the old one dies mid-way
+            raise OSError("disk full")
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(buffer_mod.pq, "write_table", write_then_fail)
+    buf.add(turns[3:])
+    with pytest.raises(OSError, match="disk full"):
+        buf.flush()
+    assert digest(old_shard) == before
+    assert list(tmp_path.glob("*.tmp")) == []
+    monkeypatch.undo()
+    assert TurnBuffer(tmp_path, max_turns=3).turns == turns[-3:]
+
+
+# ---- transitions and sampling ------------------------------------------------------------------------
+
+
+def test_transitions_pair_next_turn_done_and_cut_episodes(tmp_path):
+    a = make_episode("a", 3)  # complete
+    cut = [make_turn("cut", 0), make_turn("cut", 1)]  # killed collection: no turn 2, never done
+    front_cut = [make_turn("fc", 1), make_turn("fc", 2, done=True)]  # FIFO cap removed turn 0
+    buf = TurnBuffer(tmp_path)
+    # interleave episodes, as parallel collection does
+    buf.add([a[0], cut[0], a[1], front_cut[0], cut[1], a[2], front_cut[1]])
+    assert buf.transitions() == [
+        (a[0], a[1]),
+        (cut[0], cut[1]),
+        (a[1], a[2]),
+        (front_cut[0], front_cut[1]),
+        (a[2], None),
+        (front_cut[1], None),
+    ]
+
+
+def test_transitions_cache_invalidated_on_add_and_cap(tmp_path):
+    buf = TurnBuffer(tmp_path, max_turns=3, shard_size=100)
+    buf.add([make_turn("a", 0)])
+    assert buf.transitions() == []
+    buf.add([make_turn("a", 1, done=True)])
+    assert len(buf.transitions()) == 2
+    buf.add(numbered(2))
+    buf.flush()  # cap drops ("a", 0)
+    assert [pair[0].episode_id for pair in buf.transitions()] == ["a", "ep000", "ep001"]
+
+
+def test_sample_reproducible_with_seed(tmp_path):
+    buf = TurnBuffer(tmp_path)
+    buf.add([turn for i in range(10) for turn in make_episode(f"e{i}", 3)])
+    first = buf.sample(16, np.random.default_rng(123))
+    again = buf.sample(16, np.random.default_rng(123))
+    other = buf.sample(16, np.random.default_rng(456))
+    assert len(first) == 16
+    assert first == again
+    assert first != other
+    valid = buf.transitions()
+    assert all(pair in valid for pair in first)
+
+
+def test_sample_empty_raises(tmp_path):
+    buf = TurnBuffer(tmp_path)
+    buf.add([make_turn("cut", 0)])
+    with pytest.raises(BufferError, match="no usable transitions"):
+        buf.sample(1, np.random.default_rng(0))
+
+
+def test_stats(tmp_path):
+    buf = TurnBuffer(tmp_path)
+    buf.add(make_episode("win", 2, reward=1.0, source="random"))
+    buf.add(make_episode("lose", 3, reward=-1.0, source="qwen", valid=False))
+    buf.add([make_turn("cut", 0, reward=5.0, source="qwen")])  # incomplete: no return/success
+    stats = buf.stats()
+    assert stats["buffer/turns"] == 6
+    assert stats["buffer/episodes"] == 3
+    assert stats["buffer/valid_frac"] == pytest.approx(3 / 6)
+    assert stats["buffer/mean_return"] == pytest.approx(0.0)
+    assert stats["buffer/success_frac"] == pytest.approx(0.5)
+    assert stats["buffer/by_source"] == {"random": 2, "qwen": 4}
+
+
+def test_stats_empty(tmp_path):
+    stats = TurnBuffer(tmp_path).stats()
+    assert stats["buffer/turns"] == 0 and stats["buffer/by_source"] == {}
+    assert math.isnan(stats["buffer/mean_return"]) and math.isnan(stats["buffer/success_frac"])
+
+
+# ---- corruption and left-overs -------------------------------------------------------------------
+
+
+def write_three_shards(path: Path) -> list[Turn]:
+    turns = numbered(9)
+    with TurnBuffer(path, shard_size=3) as buf:
+        buf.add(turns)
+    assert len(shard_files(path)) == 3
+    return turns
+
+
+def test_truncated_shard_raises_clear_error_and_others_untouched(tmp_path):
+    turns = write_three_shards(tmp_path)
+    bad = shard_files(tmp_path)[1]
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    before = {p.name: digest(p) for p in shard_files(tmp_path)}
+    with pytest.raises(BufferError) as err:
+        TurnBuffer(tmp_path, max_turns=2)
+    message = str(err.value)
+    assert bad.name in message and "truncated or corrupt" in message and "delete this shard" in message
+    assert err.value.__cause__ is not None
+    assert {p.name: digest(p) for p in shard_files(tmp_path)} == before
+    bad.rename(tmp_path / "bad.parquet.quarantine")
+    assert TurnBuffer(tmp_path).turns == turns[:3] + turns[6:]
+
+
+def test_garbage_shard_raises(tmp_path):
+    write_three_shards(tmp_path)
+    (tmp_path / "shard-000003.parquet").write_bytes(b"not a parquet file at all")
+    with pytest.raises(BufferError, match="shard-000003.parquet"):
+        TurnBuffer(tmp_path)
+
+
+@pytest.mark.parametrize("metadata", [{SCHEMA_VERSION_KEY: b"999"}, None])
+def test_wrong_or_missing_schema_version_raises(tmp_path, metadata):
+    write_three_shards(tmp_path)
+    table = buffer_mod._turns_to_table(numbered(2)).replace_schema_metadata(metadata)
+    pq.write_table(table, tmp_path / "shard-000003.parquet")
+    with pytest.raises(BufferError, match="schema version") as err:
+        TurnBuffer(tmp_path)
+    assert "shard-000003.parquet" in str(err.value)
+
+
+def test_leftover_tmp_file_ignored(tmp_path):
+    turns = write_three_shards(tmp_path)
+    (tmp_path / "shard-000003.parquet.tmp").write_bytes(b"half a shard from a killed run")
+    (tmp_path / "shard-000003.parquet.4242.tmp").write_bytes(b"\x00" * 10)
+    buf = TurnBuffer(tmp_path, shard_size=3)
+    assert buf.turns == turns
+    buf.add(numbered(1))
+    buf.flush()
+    assert TurnBuffer(tmp_path).turns == turns + numbered(1)
+
+
+def test_rejects_non_turns_and_bad_config(tmp_path):
+    with pytest.raises(TypeError):
+        TurnBuffer(tmp_path).add([{"episode_id": "x"}])
+    with pytest.raises(ValueError):
+        TurnBuffer(tmp_path, shard_size=0)
+    with pytest.raises(ValueError):
+        TurnBuffer(tmp_path, max_turns=0)

@@ -1,0 +1,312 @@
+"""A FIFO buffer of `Turn`s, kept in memory and on disk as a folder of Parquet shards.
+
+On disk a buffer is a folder of ``shard-000000.parquet``, ``shard-000001.parquet``, ... (a counter that
+only grows). Every write goes to a ``*.tmp`` file in the same folder, is fsync'ed, then renamed over the
+final name with `os.replace`, so a killed run leaves either the old shard or the new one, never half of
+one. Left-over ``*.tmp`` files are ignored.
+
+Usage::
+
+    with TurnBuffer("data/numberline", max_turns=100_000) as buf:
+        buf.add(turns)
+    batch = buf.sample(32, np.random.default_rng(0))  # [(turn, next_turn or None), ...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vlmq_core.turns import Turn
+
+SCHEMA_VERSION = 1
+"""Bump when the on-disk columns change; shards with another version are refused."""
+SCHEMA_VERSION_KEY = b"vlmq_schema_version"
+"""Parquet key-value metadata key holding the schema version."""
+
+SCHEMA = pa.schema(
+    [
+        pa.field("episode_id", pa.string(), nullable=False),
+        pa.field("t", pa.int64(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("image", pa.binary(), nullable=True),
+        pa.field("reply", pa.string(), nullable=False),
+        pa.field("reward", pa.float64(), nullable=False),
+        pa.field("done", pa.bool_(), nullable=False),
+        pa.field("truncated", pa.bool_(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("strategy", pa.string(), nullable=False),
+        pa.field("valid", pa.bool_(), nullable=False),
+        pa.field("obs", pa.string(), nullable=False),
+        pa.field("info", pa.string(), nullable=False),
+    ],
+    metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
+)
+"""One column per `Turn` field, in field order."""
+
+_SHARD_RE = re.compile(r"^shard-(\d+)\.parquet$")
+_FIX = "Fix: move or delete this shard; the other shards are intact."
+
+Transition = tuple[Turn, Turn | None]
+
+
+class BufferError(RuntimeError):
+    """A buffer folder or shard cannot be used; the message says which file, what is wrong, and the fix."""
+
+
+@dataclass
+class BufferConfig:
+    """Where and how a `TurnBuffer` stores its turns."""
+
+    path: str | Path
+    """Folder holding the Parquet shards (created if missing)."""
+    max_turns: int | None = None
+    """FIFO cap: keep only the newest `max_turns` turns on disk (None = keep everything)."""
+    shard_size: int = 1024
+    """Turns per shard file; a shard is written each time this many turns are pending."""
+
+
+def _turns_to_table(turns: list[Turn]) -> pa.Table:
+    """Turn list -> Arrow table with `SCHEMA` (schema version in its metadata)."""
+    return pa.Table.from_pylist([dataclasses.asdict(turn) for turn in turns], schema=SCHEMA)
+
+
+def _table_to_turns(table: pa.Table) -> list[Turn]:
+    """Arrow table with the `SCHEMA` columns -> Turn list."""
+    return [Turn(**row) for row in table.select(SCHEMA.names).to_pylist()]
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (best effort: not every OS lets you open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_shard(path: Path, turns: list[Turn]) -> None:
+    """Atomically write `turns` to `path`: temp file in the same folder, fsync, `os.replace`."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(_turns_to_table(turns), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _read_shard(path: Path) -> list[Turn]:
+    """Read one shard, turning any corruption or version mismatch into a clear `BufferError`."""
+    try:
+        file = pq.ParquetFile(path)
+        kv = file.metadata.metadata or {}
+        table = file.read()
+    except (pa.ArrowException, OSError) as e:
+        raise BufferError(
+            f"Buffer shard {path} is truncated or corrupt and cannot be read ({type(e).__name__}: {e}). "
+            f"It was probably cut off by a full disk or a copy that did not finish. {_FIX}"
+        ) from e
+    version = kv.get(SCHEMA_VERSION_KEY)
+    if version != str(SCHEMA_VERSION).encode():
+        found = (
+            "no schema version" if version is None else f"schema version {version.decode(errors='replace')}"
+        )
+        raise BufferError(
+            f"Buffer shard {path} has {found}, but this code reads schema version {SCHEMA_VERSION}. "
+            f"It was written by another version of vlmq or by another tool. {_FIX}"
+        )
+    missing = [name for name in SCHEMA.names if name not in table.column_names]
+    if missing:
+        raise BufferError(f"Buffer shard {path} lacks the columns {missing}. {_FIX}")
+    try:
+        return _table_to_turns(table)
+    except (TypeError, ValueError) as e:
+        raise BufferError(f"Buffer shard {path} has rows that are not valid turns ({e}). {_FIX}") from e
+
+
+class TurnBuffer:
+    """Turns in insertion order, in memory and in a folder of Parquet shards, with an optional FIFO cap.
+
+    Opening an existing folder loads every shard. `add` writes a shard each time `shard_size` turns are
+    pending; `flush` (or leaving a ``with`` block) writes the rest. After each write, if the shards hold more
+    than `max_turns` turns, the oldest are dropped: whole shards are deleted, and the oldest remaining shard
+    is rewritten (atomically) without its oldest rows. The cap is also applied when opening a folder that
+    holds more than `max_turns` turns.
+    """
+
+    def __init__(self, path: str | Path, max_turns: int | None = None, shard_size: int = 1024) -> None:
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        if max_turns is not None and max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1 or None, got {max_turns}")
+        self.path = Path(path)
+        self.max_turns = max_turns
+        self.shard_size = shard_size
+        self._turns: list[Turn] = []  # written shards' turns, oldest first, then the pending ones
+        self._pending: list[Turn] = []  # added but not yet written
+        self._shards: list[tuple[Path, int]] = []  # (file, number of turns), oldest first
+        self._next_index = 0
+        self._transitions: list[Transition] | None = None
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._load()
+        self._apply_cap()
+
+    @classmethod
+    def from_config(cls, config: BufferConfig) -> TurnBuffer:
+        """Open the buffer described by `config`."""
+        return cls(config.path, max_turns=config.max_turns, shard_size=config.shard_size)
+
+    # ---- disk -------------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Read all shards, sorted by name; ``*.tmp`` files from killed runs are ignored."""
+        found = [(int(m.group(1)), p) for p in self.path.iterdir() if (m := _SHARD_RE.match(p.name))]
+        for index, shard in sorted(found):
+            turns = _read_shard(shard)
+            self._shards.append((shard, len(turns)))
+            self._turns.extend(turns)
+            self._next_index = index + 1
+
+    def _write_pending(self, count: int) -> None:
+        """Write the oldest `count` pending turns as a new shard, then apply the FIFO cap."""
+        chunk, self._pending = self._pending[:count], self._pending[count:]
+        shard = self.path / f"shard-{self._next_index:06d}.parquet"
+        _write_shard(shard, chunk)
+        self._next_index += 1
+        self._shards.append((shard, len(chunk)))
+        self._apply_cap()
+
+    def _apply_cap(self) -> None:
+        """Drop the oldest written turns beyond `max_turns`, on disk and in memory."""
+        if self.max_turns is None:
+            return
+        excess = sum(n for _, n in self._shards) - self.max_turns
+        if excess <= 0:
+            return
+        dropped = 0
+        while self._shards and self._shards[0][1] <= excess - dropped:
+            shard, n = self._shards.pop(0)
+            shard.unlink()
+            dropped += n
+        rest = excess - dropped
+        if rest > 0:  # the oldest remaining shard is partially over the cap
+            shard, n = self._shards[0]
+            _write_shard(shard, self._turns[excess : dropped + n])
+            self._shards[0] = (shard, n - rest)
+        _fsync_dir(self.path)
+        del self._turns[:excess]
+        self._transitions = None
+
+    def add(self, turns: Iterable[Turn]) -> None:
+        """Append turns; a shard is written each time `shard_size` turns are pending."""
+        for turn in turns:
+            if not isinstance(turn, Turn):
+                raise TypeError(f"TurnBuffer.add expects Turn objects, got {type(turn).__name__}")
+            self._turns.append(turn)
+            self._pending.append(turn)
+            self._transitions = None
+            if len(self._pending) >= self.shard_size:
+                self._write_pending(self.shard_size)
+
+    def flush(self) -> None:
+        """Write all pending turns as a new shard (nothing to do when none are pending)."""
+        if self._pending:
+            self._write_pending(len(self._pending))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+
+    # ---- views ------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._turns)
+
+    @property
+    def turns(self) -> list[Turn]:
+        """All turns in insertion order (pending ones included); a copy."""
+        return list(self._turns)
+
+    def episodes(self) -> dict[str, list[Turn]]:
+        """Episode id -> its turns sorted by `t` (episodes in order of first appearance)."""
+        out: dict[str, list[Turn]] = {}
+        for turn in self._turns:
+            out.setdefault(turn.episode_id, []).append(turn)
+        return {eid: sorted(turns, key=lambda turn: turn.t) for eid, turns in out.items()}
+
+    def transitions(self) -> list[Transition]:
+        """(turn, next turn of the same episode) pairs, in insertion order; cached until the next change.
+
+        A `done` turn pairs with None. A turn that is not done and whose turn t+1 is missing (the episode
+        was cut by the FIFO cap or by a killed collection) is left out: it cannot be bootstrapped.
+        """
+        if self._transitions is None:
+            by_key = {(turn.episode_id, turn.t): turn for turn in self._turns}
+            pairs: list[Transition] = []
+            for turn in self._turns:
+                if turn.done:
+                    pairs.append((turn, None))
+                elif (nxt := by_key.get((turn.episode_id, turn.t + 1))) is not None:
+                    pairs.append((turn, nxt))
+            self._transitions = pairs
+        return self._transitions
+
+    def sample(self, n: int, rng: np.random.Generator) -> list[Transition]:
+        """Draw `n` transitions uniformly with replacement."""
+        pairs = self.transitions()
+        if not pairs:
+            raise BufferError(
+                f"Buffer {self.path} has no usable transitions to sample ({len(self)} turns). "
+                "Fix: collect episodes first (add turns, including each episode's final `done` turn)."
+            )
+        return [pairs[i] for i in rng.integers(0, len(pairs), size=n)]
+
+    def stats(self) -> dict:
+        """Summary for logging. Complete episodes (turns 0..T present, turn T done) give the return and
+        success figures; these are NaN when there is no complete episode (and `valid_frac` when empty)."""
+        complete = [
+            turns
+            for turns in self.episodes().values()
+            if turns[-1].done and [turn.t for turn in turns] == list(range(len(turns)))
+        ]
+        nan = float("nan")
+        return {
+            "buffer/turns": len(self),
+            "buffer/episodes": len({turn.episode_id for turn in self._turns}),
+            "buffer/valid_frac": float(np.mean([turn.valid for turn in self._turns])) if self._turns else nan,
+            "buffer/mean_return": (
+                float(np.mean([sum(turn.reward for turn in ep) for ep in complete])) if complete else nan
+            ),
+            "buffer/success_frac": (
+                float(np.mean([ep[-1].reward > 0 for ep in complete])) if complete else nan
+            ),
+            "buffer/by_source": dict(Counter(turn.source for turn in self._turns)),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"TurnBuffer({str(self.path)!r}, turns={len(self)}, shards={len(self._shards)}, "
+            f"pending={len(self._pending)}, max_turns={self.max_turns})"
+        )
