@@ -1,0 +1,170 @@
+"""Text-action wrapper: the model replies free text, a parser maps it to an env action (METHOD.md, Table 4).
+
+Model output is untrusted text: it is only parsed (exact match against the action strings), never executed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium
+import numpy as np
+from PIL import Image
+
+from vlmq_core.envs.prompts import ACTION_TAG, TaskPrompt, format_prompt
+
+_TAG_RE = re.compile(re.escape(ACTION_TAG), re.IGNORECASE)
+_DECORATION = " \t\r\n`*_#>\"'"
+"""Whitespace and markdown decoration stripped around the action text (never ``-`` or ``+``)."""
+_ECHO_CHARS = 40
+"""At most this many characters of an invalid reply are quoted back in the error message."""
+
+
+@dataclass
+class TextActionConfig:
+    """Reward-wrapper settings (METHOD.md Table 4; defaults are the Gym Cards column)."""
+
+    invalid_reward: float = -2.0
+    """Reward for a reply that does not parse to a valid action (the env does not advance)."""
+    max_consecutive_invalid: int = 3
+    """This many invalid replies in a row end the episode (terminated) with `timeout_reward`."""
+    timeout_reward: float = -10.0
+    """Reward of the step that hits the consecutive-invalid timeout (replaces `invalid_reward`)."""
+    max_steps: int = 10
+    """Wrapper steps (valid or not) after which the episode is truncated (no extra reward)."""
+
+
+def _action_text(reply: str) -> str | None:
+    """The reply text after the first ``[action]`` tag, stripped of markdown; None without a tag.
+
+    An optional ``:`` right after the tag (possibly after closing ``**``/``__`` or whitespace) is dropped.
+    """
+    match = _TAG_RE.search(reply)
+    if match is None:
+        return None
+    rest = reply[match.end() :].lstrip(_DECORATION)
+    rest = rest.removeprefix(":")
+    return rest.strip(_DECORATION)
+
+
+def parse_action(reply: str, actions: Sequence[str]) -> int | None:
+    """Index in `actions` of the reply's action, or None when the reply is invalid.
+
+    Takes the text after the first ``[action]`` tag (case-insensitive), strips whitespace and markdown
+    decoration (backticks, ``**``, ``__``, ``#``, ``>``, quotes) and matches it exactly against `actions`.
+    "[action] +" -> index of "+"; "**[action]:** `-`" -> index of "-"; "[action] + because" -> None.
+    """
+    text = _action_text(reply)
+    if text is None or text not in actions:
+        return None
+    return list(actions).index(text)
+
+
+def invalid_reason(reply: str, actions: Sequence[str]) -> str:
+    """A short description of why `reply` is not a valid action (for the next prompt's error line)."""
+    text = _action_text(reply)
+    if text is None:
+        return f"no `{ACTION_TAG}` tag found."
+    if not text:
+        return f"no action after `{ACTION_TAG}`."
+    shown = text if len(text) <= _ECHO_CHARS else text[:_ECHO_CHARS] + "..."
+    return f"{shown!r} is not one of {', '.join(actions)}."
+
+
+class TextActionEnv(gymnasium.Wrapper):
+    """Wraps a Discrete-action env so that `step` takes the model's reply text (METHOD.md, Table 4).
+
+    Observations are dicts ``{"text": summary, "image": PIL RGB image, "prompt": full user prompt}``.
+    A valid reply steps the inner env and resets the consecutive-invalid counter. An invalid reply leaves
+    the inner env where it is, gives `invalid_reward`, and the next prompt names the problem and the
+    expected syntax; the `max_consecutive_invalid`-th invalid reply in a row terminates the episode with
+    `timeout_reward` instead. After `max_steps` wrapper steps (valid or not) the episode is truncated.
+    Choice: the timeout reward applies only to the consecutive-invalid timeout; the total-step limit just
+    truncates (no extra reward). `info` holds ``valid``, ``action`` (int or None), ``state`` (inner info),
+    ``error`` (str or None) and ``success`` (the inner env terminated with a positive reward).
+    The inherited `action_space` is the inner env's; the wrapper's actions are the strings `valid_actions`.
+    """
+
+    def __init__(
+        self,
+        env: gymnasium.Env,
+        prompt: TaskPrompt,
+        config: TextActionConfig | None = None,
+        *,
+        text_fn: Callable[[gymnasium.Env], str],
+    ):
+        """Wrap `env`; `text_fn(env)` returns the current state summary text (the observation o_t)."""
+        super().__init__(env)
+        self.prompt = prompt
+        self.config = config if config is not None else TextActionConfig()
+        self.text_fn = text_fn
+        self._steps = 0
+        self._invalid_streak = 0
+        self._frame: np.ndarray | None = None
+        self._state: dict[str, Any] = {}
+        self._done = True
+
+    @property
+    def valid_actions(self) -> list[str]:
+        """The valid action strings (index = inner env action)."""
+        return list(self.prompt.actions)
+
+    def random_reply(self, rng: np.random.Generator) -> str:
+        """A uniformly random valid action written in the example syntax, e.g. ``[action] +``."""
+        action = self.prompt.actions[int(rng.integers(len(self.prompt.actions)))]
+        return f"{ACTION_TAG} {action}"
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Reset the inner env and the counters; returns the first observation dict and info."""
+        frame, state = self.env.reset(seed=seed, options=options)
+        self._frame = frame
+        self._state = dict(state)
+        self._steps = 0
+        self._invalid_streak = 0
+        self._done = False
+        info = {"valid": True, "action": None, "state": dict(self._state), "error": None, "success": False}
+        return self._observation(None), info
+
+    def step(self, reply: str) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        """Parse `reply` and act on it (see the class docstring for the reward rules)."""
+        if self._done:
+            raise RuntimeError("episode is over (or never started): call reset() first")
+        action = parse_action(reply, self.prompt.actions)
+        self._steps += 1
+        error: str | None = None
+        success = False
+        inner_truncated = False
+        if action is not None:
+            self._invalid_streak = 0
+            frame, reward, terminated, inner_truncated, state = self.env.step(action)
+            self._frame = frame
+            self._state = dict(state)
+            reward = float(reward)
+            success = bool(terminated) and reward > 0
+        else:
+            self._invalid_streak += 1
+            error = f"{invalid_reason(reply, self.prompt.actions)} Expected e.g. `{self.prompt.example}`."
+            terminated = self._invalid_streak >= self.config.max_consecutive_invalid
+            reward = self.config.timeout_reward if terminated else self.config.invalid_reward
+        terminated = bool(terminated)
+        truncated = not terminated and (bool(inner_truncated) or self._steps >= self.config.max_steps)
+        self._done = terminated or truncated
+        info = {
+            "valid": action is not None,
+            "action": action,
+            "state": dict(self._state),
+            "error": error,
+            "success": success,
+        }
+        return self._observation(error), reward, terminated, truncated, info
+
+    def _observation(self, error: str | None) -> dict[str, Any]:
+        """The observation dict for the current inner state, with `error` shown in the prompt."""
+        text = self.text_fn(self.env)
+        image = Image.fromarray(np.asarray(self._frame, dtype=np.uint8)).convert("RGB")
+        return {"text": text, "image": image, "prompt": format_prompt(self.prompt, text, error)}
