@@ -1,0 +1,184 @@
+"""Figures from vlmq_core.plots and the token browser widget (pure data in, plotly figures out; no display)."""
+
+from __future__ import annotations
+
+import math
+
+import plotly.graph_objects as go
+import pytest
+
+from vlmq_core.plots import (
+    KEPT_COLOR,
+    MASK_MARK,
+    MASKED_COLOR,
+    TokenView,
+    eval_bars,
+    learning_curves,
+    metric_series,
+    moving_average,
+    token_advantages,
+    token_heatmap,
+)
+from vlmq_core.widgets import token_browser
+
+
+def _view(tokens: list[str], adv: list[float], kept: list[bool] | None = None, title: str = "t") -> TokenView:
+    kept = [a >= 0 for a in adv] if kept is None else kept
+    n = len(tokens)
+    return TokenView(
+        tokens=tokens,
+        advantage=adv,
+        q_taken=[float(i) for i in range(n)],
+        value=[0.5] * n,
+        logp=[-1.0] * n,
+        kept=kept,
+        prompt=f"prompt <{title}>",
+        reply="".join(tokens[:-1]),
+        reward=-2.0,
+        title=title,
+    )
+
+
+def _afsft_history(n: int = 6) -> list[dict]:
+    return [
+        {
+            "step": s,
+            "train/loss": 1.0 / (s + 1),
+            "actor/nll": 2.0 - 0.1 * s,
+            "actor/kept_frac": 0.5,
+            "critic/loss": 0.3,
+            "critic/q_taken": -1.0,
+            "critic/adv_mean": 0.0,
+            "train/beta": -math.inf if s < 3 else 0.0,
+        }
+        for s in range(n)
+    ]
+
+
+def _sft_history(n: int = 6) -> list[dict]:
+    # the SFT path logs no critic keys and its NLL as actor/sft_nll
+    return [
+        {"step": s, "train/loss": 2.0 - 0.1 * s, "actor/sft_nll": 2.0 - 0.1 * s, "train/beta": -math.inf}
+        for s in range(n)
+    ]
+
+
+def _traces_by_subplot(fig: go.Figure) -> dict[str, list[go.Scatter]]:
+    titles = {f"x{'' if i == 0 else i + 1}": a.text for i, a in enumerate(fig.layout.annotations)}
+    out: dict[str, list[go.Scatter]] = {}
+    for tr in fig.data:
+        out.setdefault(titles[tr.xaxis], []).append(tr)
+    return out
+
+
+## learning curves ##
+
+
+def test_learning_curves_default_keys_runs_and_colours():
+    fig = learning_curves({"sft": _sft_history(), "afsft": _afsft_history()})
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == ["train/loss", "actor/nll", "actor/kept_frac", "critic/loss", "critic/q_taken", "critic/adv_mean"]
+    by = _traces_by_subplot(fig)
+    assert [t.name for t in by["train/loss"]] == ["sft", "afsft"]
+    assert [t.name for t in by["actor/nll"]] == ["sft", "afsft"]  # alias actor/sft_nll
+    assert [t.name for t in by["critic/loss"]] == ["afsft"]  # missing keys tolerated
+    colours = {}
+    for tr in fig.data:
+        colours.setdefault(tr.name, set()).add(tr.line.color)
+    assert all(len(c) == 1 for c in colours.values()) and colours["sft"] != colours["afsft"]
+    assert sorted(tr.name for tr in fig.data if tr.showlegend) == ["afsft", "sft"]
+
+
+def test_learning_curves_skips_non_finite_beta_and_smooths():
+    fig = learning_curves({"afsft": _afsft_history()}, keys=["train/beta", "train/loss", "no/such_key"])
+    by = _traces_by_subplot(fig)
+    beta = by["train/beta"][0]
+    assert list(beta.x) == [3, 4, 5] and list(beta.y) == [0.0, 0.0, 0.0]
+    assert "no/such_key" not in by and len(fig.layout.annotations) == 3
+    smooth = learning_curves({"afsft": _afsft_history()}, keys=["actor/nll"], smooth=2)
+    assert list(smooth.data[0].y) == pytest.approx([2.0, 1.95, 1.85, 1.75, 1.65, 1.55])
+    assert moving_average([1, 2, 3, 4], 3) == pytest.approx([1, 1.5, 2, 3])
+    assert metric_series([{"step": 0, "x": float("nan")}, {"step": 1, "x": 1}], "x") == ([1], [1.0])
+
+
+def test_learning_curves_no_metrics_is_empty_figure():
+    fig = learning_curves({"sft": [{"step": 0}]})
+    assert len(fig.data) == 0
+
+
+## eval bars ##
+
+
+def test_eval_bars_grouped_with_percent_labels_and_episodes():
+    results = {
+        "base": {"eval/success": 0.0, "eval/valid": 0.25, "eval/episodes": 16},
+        "sft": {"eval/success": 0.5, "eval/valid": 0.9, "eval/episodes": 16},
+        "afsft": {"eval/success": 0.75, "eval/episodes": 8},  # eval/valid missing
+    }
+    fig = eval_bars(results)
+    assert fig.layout.barmode == "group" and len(fig.data) == 2
+    success, valid = fig.data
+    assert list(success.x) == ["base", "sft", "afsft"]
+    assert list(success.text) == ["0%", "50%", "75%"]
+    assert list(valid.y) == [0.25, 0.9, None] and list(valid.text) == ["25%", "90%", ""]
+    assert list(success.customdata) == [16, 16, 8] and "episodes" in success.hovertemplate
+
+
+## token views ##
+
+
+def test_token_advantages_colours_follow_mask_and_repeats_stay_distinct():
+    tokens = ["[action]", " +", " +", " +", "<|im_end|>"]
+    kept = [True, False, True, False, True]
+    view = _view(tokens, [0.3, -0.2, 0.1, -0.4, 0.05], kept=kept)
+    fig = token_advantages(view, beta=0.0)
+    (bar,) = fig.data
+    assert len(bar.x) == 5 and len(set(bar.x)) == 5
+    assert list(fig.layout.xaxis.categoryarray) == list(bar.x)
+    assert list(bar.marker.color) == [KEPT_COLOR if k else MASKED_COLOR for k in kept]
+    assert [row[1:4] for row in bar.customdata] == [[float(i), 0.5, -1.0] for i in range(5)]
+    assert [s.y0 for s in fig.layout.shapes] == [0.0]
+    assert "-2" in fig.layout.title.text
+    # a different beta moves the line; -inf (plain SFT) draws none
+    assert [s.y0 for s in token_advantages(view, beta=0.2).layout.shapes] == [0.2]
+    assert len(token_advantages(view, beta=-math.inf).layout.shapes) == 0
+
+
+def test_tokenview_rejects_mismatched_lengths():
+    with pytest.raises(ValueError):
+        TokenView(["a", "b"], [0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [True, True], "p", "r", 0.0)
+
+
+def test_token_heatmap_dimensions_and_masked_marks():
+    views = [
+        _view(["a", "b", "<end>"], [0.1, -0.1, 0.2], title="same"),
+        _view(["x", "<end>"], [-0.5, 0.5], title="same"),
+    ]
+    fig = token_heatmap(views)
+    (hm,) = fig.data
+    assert len(hm.z) == 2 and all(len(r) == 3 for r in hm.z)
+    assert list(hm.z[1]) == [-0.5, 0.5, None]
+    assert list(hm.text[0]) == ["a", MASK_MARK + "b", "<end>"]
+    assert list(hm.text[1]) == [MASK_MARK + "x", "<end>", ""]
+    assert len(set(hm.y)) == 2  # rows with equal titles stay distinct
+    assert hm.zmid == 0.0
+
+
+## widget ##
+
+
+def test_token_browser_builds_and_follows_selection():
+    views = [
+        _view(["a", "a", "<end>"], [0.1, -0.1, 0.2], title="first"),
+        _view(["b", "c", "d", "<end>"], [-0.3, 0.3, -0.1, 0.4], title="second"),
+    ]
+    browser = token_browser(views)
+    assert browser.selector in browser.children and browser.text in browser.children
+    assert len(browser.figure.data[0].x) == 3 and "prompt &lt;first&gt;" in browser.text.value
+    browser.selector.value = 1
+    bar = browser.figure.data[0]
+    assert len(bar.x) == 4 and list(bar.y) == [-0.3, 0.3, -0.1, 0.4]
+    assert list(bar.marker.color) == [MASKED_COLOR, KEPT_COLOR, MASKED_COLOR, KEPT_COLOR]
+    assert "second" in browser.figure.layout.title.text and "prompt &lt;second&gt;" in browser.text.value
+    with pytest.raises(ValueError):
+        token_browser([])

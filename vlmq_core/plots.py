@@ -1,0 +1,283 @@
+"""Plotly figures for the workbench: learning curves, eval bars and per-token critic views.
+
+Every function here is pure: it takes plain data (metric dicts, :class:`TokenView`) and returns a
+``plotly.graph_objects.Figure``; nothing is shown or written. Notebooks display the figures, tests inspect them.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+#: Metrics ``learning_curves`` shows by default (those present in at least one run).
+DEFAULT_CURVE_KEYS: tuple[str, ...] = (
+    "train/loss",
+    "actor/nll",
+    "actor/kept_frac",
+    "critic/loss",
+    "critic/q_taken",
+    "critic/adv_mean",
+)
+#: Other names a run may log a metric under (first found wins), e.g. the SFT path logs ``actor/sft_nll``.
+KEY_ALIASES: dict[str, tuple[str, ...]] = {
+    "train/loss": ("loss",),
+    "actor/nll": ("actor/sft_nll",),
+}
+RUN_COLORS: tuple[str, ...] = tuple(qualitative.Plotly)
+KEPT_COLOR = "#2ca02c"  # green: the filter keeps the token (A >= beta)
+MASKED_COLOR = "#d62728"  # red: the filter masks the token out of the actor loss
+MASK_MARK = "×"
+
+
+@dataclass
+class TokenView:
+    """What the critic thinks of one reply (one turn), token by token; the stop token comes last."""
+
+    tokens: list[str]
+    advantage: list[float]
+    q_taken: list[float]
+    value: list[float]
+    logp: list[float]
+    kept: list[bool]
+    prompt: str
+    reply: str
+    reward: float
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        n = len(self.tokens)
+        for name in ("advantage", "q_taken", "value", "logp", "kept"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"TokenView.{name} has {len(getattr(self, name))} entries, tokens has {n}")
+
+
+## Helpers ##
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _lookup(row: dict, key: str) -> object:
+    """``row[key]``, else its first alias present, else None."""
+    for k in (key, *KEY_ALIASES.get(key, ())):
+        if k in row:
+            return row[k]
+    return None
+
+
+def metric_series(history: Iterable[dict], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of ``key`` (or an alias) over a run, skipping rows where it is missing or non-finite."""
+    xs, ys = [], []
+    for i, row in enumerate(history):
+        v = _lookup(row, key)
+        if _finite(v):
+            xs.append(row.get("step", i))
+            ys.append(float(v))
+    return xs, ys
+
+
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over ``window`` points (shorter at the start), same length as ``values``."""
+    if window <= 1:
+        return [float(v) for v in values]
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def _visible(token: str) -> str:
+    """The token with spaces, newlines and tabs made visible (and the empty string shown as "∅")."""
+    return token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥") or "∅"
+
+
+def token_label(i: int, token: str) -> str:
+    """A unique x-axis label for reply token ``i``: ``"<i>:<visible token>"``."""
+    return f"{i}:{_visible(token)}"
+
+
+## Training ##
+
+
+def learning_curves(histories: dict[str, list[dict]], keys: list[str] | None = None, smooth: int = 1) -> go.Figure:
+    """One subplot per metric, one line per run (same colour in every subplot, one legend entry per run).
+
+    ``histories`` maps a run name ("sft", "afsft") to its per-step metric dicts. ``keys`` defaults to the
+    :data:`DEFAULT_CURVE_KEYS` some run logged; explicitly requested keys no run logged give an empty subplot.
+    Non-finite values (e.g. ``train/beta = -inf`` before the filter starts) are skipped. ``smooth`` > 1
+    applies a trailing moving average of that many points.
+    """
+    if keys is None:
+        keys = [k for k in DEFAULT_CURVE_KEYS if any(metric_series(h, k)[0] for h in histories.values())]
+    if not keys:
+        fig = go.Figure()
+        fig.add_annotation(text="no metrics logged", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        return fig
+    cols = min(len(keys), 3)
+    rows = math.ceil(len(keys) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(keys), horizontal_spacing=0.08)
+    shown: set[str] = set()
+    for k_idx, key in enumerate(keys):
+        row, col = divmod(k_idx, cols)
+        for r_idx, (run, history) in enumerate(histories.items()):
+            xs, ys = metric_series(history, key)
+            if not xs:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=moving_average(ys, smooth),
+                    mode="lines",
+                    name=run,
+                    legendgroup=run,
+                    showlegend=run not in shown,
+                    line={"color": RUN_COLORS[r_idx % len(RUN_COLORS)]},
+                    hovertemplate=f"{run}<br>step %{{x}}<br>{key} %{{y:.4g}}<extra></extra>",
+                ),
+                row=row + 1,
+                col=col + 1,
+            )
+            shown.add(run)
+    for i in range(len(keys)):
+        fig.update_xaxes(title_text="step", row=i // cols + 1, col=i % cols + 1)
+    title = "Learning curves" + (f" (moving average {smooth})" if smooth > 1 else "")
+    fig.update_layout(title=title, height=280 * rows + 80, template="plotly_white")
+    return fig
+
+
+## Evaluation ##
+
+
+def eval_bars(results: dict[str, dict], keys: Sequence[str] = ("eval/success", "eval/valid")) -> go.Figure:
+    """Grouped bars: runs ("base", "sft", "afsft") along x, one bar per metric, values in 0..1 shown as percent.
+
+    A run missing a metric gets no bar for it; the hover shows ``eval/episodes`` when present.
+    """
+    runs = list(results)
+    fig = go.Figure()
+    for key in keys:
+        ys = [float(results[r][key]) if _finite(results[r].get(key)) else None for r in runs]
+        episodes = [results[r].get("eval/episodes", "?") for r in runs]
+        fig.add_trace(
+            go.Bar(
+                x=runs,
+                y=ys,
+                name=key.removeprefix("eval/"),
+                text=[f"{y:.0%}" if y is not None else "" for y in ys],
+                textposition="outside",
+                customdata=episodes,
+                hovertemplate=f"%{{x}}<br>{key} %{{y:.1%}}<br>episodes %{{customdata}}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        title="Evaluation",
+        yaxis={"tickformat": ".0%", "range": [0, 1.1]},
+        template="plotly_white",
+    )
+    return fig
+
+
+## Per-token critic ##
+
+
+def token_advantages(view: TokenView, beta: float = 0.0) -> go.Figure:
+    """Bars of the advantage A = Q - V of each reply token; green when the filter kept it, red when masked.
+
+    Tokens are x categories labelled ``"<index>:<token>"`` so repeated tokens stay distinct. A dashed
+    line marks ``beta`` (when finite); the hover gives Q, V and log pi of each token.
+    """
+    labels = [token_label(i, t) for i, t in enumerate(view.tokens)]
+    colors = [KEPT_COLOR if k else MASKED_COLOR for k in view.kept]
+    custom = [
+        [html.escape(repr(t)), q, v, lp, "kept" if k else "masked"]
+        for t, q, v, lp, k in zip(view.tokens, view.q_taken, view.value, view.logp, view.kept, strict=True)
+    ]
+    fig = go.Figure(
+        go.Bar(
+            x=labels,
+            y=list(view.advantage),
+            marker={"color": colors},
+            customdata=custom,
+            name="advantage",
+            hovertemplate=(
+                "token %{customdata[0]}<br>A %{y:.3f} (%{customdata[4]})<br>Q %{customdata[1]:.3f}"
+                "<br>V %{customdata[2]:.3f}<br>log pi %{customdata[3]:.3f}<extra></extra>"
+            ),
+        )
+    )
+    if math.isfinite(beta):
+        fig.add_hline(y=beta, line_dash="dash", line_color="grey", annotation_text=f"beta={beta:g}")
+    kept = sum(bool(k) for k in view.kept)
+    title = f"{view.title + ' · ' if view.title else ''}reward {view.reward:+g} · kept {kept}/{len(view.kept)}"
+    fig.update_layout(
+        title=title,
+        xaxis={"type": "category", "categoryorder": "array", "categoryarray": labels, "title": "reply token"},
+        yaxis={"title": "advantage A = Q - V"},
+        template="plotly_white",
+        showlegend=False,
+    )
+    return fig
+
+
+def token_heatmap(views: list[TokenView]) -> go.Figure:
+    """Replies as rows, tokens as cells coloured by advantage (diverging, centred at 0).
+
+    Cell text is the token; tokens the filter masks are prefixed with ``"×"``. Rows are padded with
+    empty cells to the longest reply.
+    """
+    width = max((len(v.tokens) for v in views), default=0)
+    z: list[list[float | None]] = []
+    text: list[list[str]] = []
+    custom: list[list[list[object]]] = []
+    for v in views:
+        pad = width - len(v.tokens)
+        z.append([float(a) for a in v.advantage] + [None] * pad)
+        marked = [("" if k else MASK_MARK) + _visible(t) for t, k in zip(v.tokens, v.kept, strict=True)]
+        text.append(marked + [""] * pad)
+        custom.append(
+            [
+                [html.escape(repr(t)), q, val, lp, "kept" if k else "masked"]
+                for t, q, val, lp, k in zip(v.tokens, v.q_taken, v.value, v.logp, v.kept, strict=True)
+            ]
+            + [["", None, None, None, ""]] * pad
+        )
+    rows = [f"{i}: {v.title or 'turn'} (r={v.reward:+g})" for i, v in enumerate(views)]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(width)),
+            y=rows,
+            text=text,
+            texttemplate="%{text}",
+            customdata=custom,
+            colorscale="RdBu",
+            zmid=0.0,
+            xgap=1,
+            ygap=1,
+            colorbar={"title": "A"},
+            hoverongaps=False,
+            hovertemplate=(
+                "token %{customdata[0]} (%{customdata[4]})<br>A %{z:.3f}<br>Q %{customdata[1]:.3f}"
+                "<br>V %{customdata[2]:.3f}<br>log pi %{customdata[3]:.3f}<extra></extra>"
+            ),
+        )
+    )
+    fig.update_layout(
+        title=f"Advantage per reply token ({MASK_MARK} = masked by the filter)",
+        xaxis={"title": "reply token index"},
+        yaxis={"autorange": "reversed", "type": "category"},
+        height=max(250, 40 * len(views) + 150),
+        template="plotly_white",
+    )
+    return fig
