@@ -6,7 +6,7 @@ A dataset never stores token ids, so one dataset trains any model (METHOD.md, "S
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -23,7 +23,7 @@ class Turn:
     """Environment id, e.g. ``vlmq/NumberLine-v0``."""
     prompt: str
     """p_t: the full user prompt text (task description, action docs, example, observation)."""
-    image: bytes | None
+    image: bytes | None = field(repr=False)
     """i_t as PNG bytes, or None for text-only tasks."""
     reply: str
     """a_t: the complete reply text, including any prefilled prefix such as ``[action]``."""

@@ -1,0 +1,94 @@
+"""The offline trainer: parameter updates, checkpoints, resume after a kill, SFT without a critic."""
+
+import json
+
+import pytest
+import torch
+
+from vlmq_core.buffer import TurnBuffer
+from vlmq_core.collect import CollectConfig, collect
+from vlmq_core.model import Policy, PolicyConfig
+from vlmq_core.tiny import tiny_llama
+from vlmq_core.trainer import TrainConfig, Trainer, load_history
+from vlmq_core.update import LossConfig
+
+
+def make_policy() -> Policy:
+    model, tok = tiny_llama(seed=0)
+    torch.manual_seed(0)
+    return Policy(model, tok, False, PolicyConfig())
+
+
+@pytest.fixture(scope="module")
+def buffer(tmp_path_factory):
+    buf = TurnBuffer(tmp_path_factory.mktemp("data"))
+    collect(None, CollectConfig(strategy="random", num_envs=4, use_images=False), 8, buffer=buf, progress=False)
+    return buf
+
+
+def cfg(run_dir=None, steps=4, **kw) -> TrainConfig:
+    base = dict(steps=steps, batch_size=2, grad_accum=2, lr_lora=1e-3, warmup_lora=2, warmup_critic=2)
+    return TrainConfig(**{**base, "run_dir": str(run_dir) if run_dir else None, "checkpoint_every": 2, **kw})
+
+
+def trainable(policy: Policy) -> dict[str, torch.Tensor]:
+    named = {f"m.{n}": p for n, p in policy.model.named_parameters() if p.requires_grad}
+    named |= {f"c.{n}": p for n, p in policy.critic.named_parameters()}
+    named |= {f"t.{n}": p for n, p in policy.target_critic.named_parameters()}
+    return {k: v.detach().clone() for k, v in named.items()} | {"popart.mu": policy.popart.mu.clone()}
+
+
+def test_fit_writes_metrics_and_a_checkpoint(tmp_path, buffer):
+    policy = make_policy()
+    before = trainable(policy)
+    history = Trainer(policy, buffer, cfg(tmp_path, steps=3), LossConfig(filter_start_step=1)).fit(progress=False)
+    assert [m["step"] for m in history] == [1, 2, 3]
+    assert history[0]["train/beta"] == float("-inf") and history[1]["train/beta"] == 0.0
+    assert {"train/loss", "actor/kept_frac", "critic/loss", "train/grad_norm", "train/lr_lora"} <= set(history[-1])
+    assert history[0]["train/lr_lora"] == pytest.approx(1e-3)  # warmup: (0+1)/2 after the first scheduler step
+    assert (tmp_path / "checkpoint" / "trainer.pt").is_file() and not (tmp_path / "checkpoint.tmp").exists()
+    assert [m["step"] for m in load_history(tmp_path)] == [1, 2, 3]
+    after = trainable(policy)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) == len(before)  # every LoRA, critic and target-critic tensor moved
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, buffer):
+    straight = make_policy()
+    h_straight = Trainer(straight, buffer, cfg(tmp_path / "a")).fit(progress=False)
+
+    first = make_policy()
+    Trainer(first, buffer, cfg(tmp_path / "b", steps=2)).fit(progress=False)
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:  # a step that ran after the checkpoint, then a kill
+        f.write(json.dumps({"step": 3, "train/loss": 123.0}) + "\n" + '{"step": 4, "trai')
+    resumed = make_policy()
+    trainer = Trainer(resumed, buffer, cfg(tmp_path / "b"))
+    assert trainer.step == 2 and [m["step"] for m in trainer.history] == [1, 2]
+    h_resumed = trainer.fit(progress=False)
+
+    assert [m["train/loss"] for m in h_resumed] == pytest.approx([m["train/loss"] for m in h_straight], rel=1e-5)
+    a, b = trainable(straight), trainable(resumed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_resume_uses_the_previous_checkpoint_when_killed_mid_write(tmp_path, buffer):
+    policy = make_policy()
+    Trainer(policy, buffer, cfg(tmp_path, steps=2)).fit(progress=False)
+    (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")  # killed between the two renames
+    (tmp_path / "checkpoint.tmp").mkdir()  # and a half-written new one
+    trainer = Trainer(make_policy(), buffer, cfg(tmp_path, steps=2))
+    assert trainer.step == 2
+
+
+def test_sft_trains_no_critic_and_maxq_runs(tmp_path, buffer):
+    policy = make_policy()
+    critic_before = {k: v.clone() for k, v in policy.critic.state_dict().items()}
+    h = Trainer(policy, buffer, cfg(steps=2), LossConfig(actor="sft", critic_weight=0.0)).fit(progress=False)
+    assert "critic/loss" not in h[-1] and h[-1]["actor/kept_frac"] == 1.0
+    for k, v in policy.critic.state_dict().items():
+        assert torch.equal(v, critic_before[k]), k
+    h = Trainer(make_policy(), buffer, cfg(steps=1), LossConfig(actor="maxq")).fit(progress=False)
+    assert "actor/maxq_loss" in h[-1]
+    with pytest.raises(ValueError, match="actor"):
+        LossConfig(actor="ppo")

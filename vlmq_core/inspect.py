@@ -1,0 +1,47 @@
+"""What the critic thinks of each reply token: advantages, Q, V, log-probs and the filter mask per turn."""
+
+from __future__ import annotations
+
+import torch
+
+from vlmq_core import losses
+from vlmq_core.model import Policy
+from vlmq_core.plots import TokenView
+from vlmq_core.tokens import build_batch
+from vlmq_core.turns import Turn
+from vlmq_core.update import forward_reply
+
+
+@torch.no_grad()
+def token_views(policy: Policy, transitions: list[tuple[Turn, Turn | None]], beta: float = 0.0) -> list[TokenView]:
+    """One :class:`TokenView` per turn: per reply token (stop token last) its advantage A = Q - V
+    (PopArt-normalised, as the filter sees it), unnormalised Q(h, a) and V(h), log pi(a|h) and the Eq. 5 mask."""
+    was_training = policy.training
+    policy.eval()
+    batch = build_batch(policy, transitions)
+    fwd = forward_reply(policy, batch, with_critic=True)
+    q_taken = fwd.q.gather(1, batch.tokens[:, None]).squeeze(1)  # (N,)
+    adv = losses.advantages(q_taken, fwd.logits, fwd.q)  # (N,)
+    keep = losses.advantage_filter(adv, beta)
+    q_un = policy.popart.denormalize(q_taken.float())
+    v_un = policy.popart.denormalize(losses.expected_value(fwd.logits, fwd.q))
+    policy.train(was_training)
+    views = []
+    for b, (turn, _) in enumerate(transitions):
+        idx = (batch.turn_idx == b).nonzero().squeeze(1)
+        toks = [policy.tokenizer.decode([int(t)]) for t in batch.tokens[idx]]
+        views.append(
+            TokenView(
+                tokens=toks,
+                advantage=adv[idx].tolist(),
+                q_taken=q_un[idx].tolist(),
+                value=v_un[idx].tolist(),
+                logp=fwd.logp[idx].tolist(),
+                kept=keep[idx].tolist(),
+                prompt=turn.prompt,
+                reply=turn.reply,
+                reward=turn.reward,
+                title=f"{turn.source}/{turn.strategy} t={turn.t} r={turn.reward:+g}",
+            )
+        )
+    return views

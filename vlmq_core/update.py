@@ -1,0 +1,148 @@
+"""One minibatch of VLM Q-Learning: forward passes, TD targets, critic and actor losses.
+
+Pseudo-code of :func:`compute_loss` (METHOD.md)::
+
+    h      = f_theta([p_t ; a_t ; stop])[reply positions]          # Eq. 1, (N, d)
+    h0'    = stopgrad(f_theta(p_{t+1}))[-1]                        # Eq. 2, one per non-terminal turn
+    h'     = h shifted by one inside each reply, h0' after the stop token
+    y      = r + gamma (1 - d) sum_a' pi(a'|h') Q_bar(h', a')       # Eq. 6 target, target head, PopArt space
+    PopArt.update(y)                                               # rescales critic + target outputs
+    L_Q    = mean (Q(h, a) - normalise(y))^2                        # Eq. 6
+    A      = Q(h, a) - sum_a pi(a|h) Q(h, a)                        # advantage, no gradient
+    L_act  = - sum 1[A >= beta] log pi(a|h) / N                     # Eq. 4-5 (beta = -inf: Eq. 3)
+    L      = L_act + lambda L_Q                                     # Eq. 7
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlmq_core import losses
+from vlmq_core.model import Policy
+from vlmq_core.tokens import TokenBatch
+
+
+@dataclass
+class LossConfig:
+    """Which actor loss and how the critic is trained (METHOD.md, "Losses")."""
+
+    actor: str = "afsft"
+    """``afsft`` (Eq. 4-5), ``sft`` (Eq. 3) or ``maxq`` (the ablation actor)."""
+    gamma: float = 0.995
+    """Discount per token transition."""
+    critic_weight: float = 1.0
+    """lambda of Eq. 7. With actor ``sft`` and 0 the critic is skipped entirely (plain SFT, no extra pass)."""
+    filter_start_step: int = 0
+    """Updates with beta = -inf (pure SFT) before the advantage filter switches on."""
+    beta: float = 0.0
+    """Filter threshold after the start (in PopArt-normalised advantage units)."""
+    beta_ramp_steps: int = 0
+    """If > 0, beta rises linearly from ``beta_ramp_from`` to ``beta`` over this many updates."""
+    beta_ramp_from: float = -1.0
+    """Start of the optional linear ramp."""
+
+    def __post_init__(self) -> None:
+        if self.actor not in ("afsft", "sft", "maxq"):
+            raise ValueError(f"LossConfig.actor must be 'afsft', 'sft' or 'maxq', not {self.actor!r}")
+
+    @property
+    def uses_critic(self) -> bool:
+        return not (self.actor == "sft" and self.critic_weight == 0)
+
+
+@dataclass
+class Forward:
+    """What one forward pass computes at the reply tokens (used by the losses and by the plots)."""
+
+    logp: torch.Tensor
+    """(N,) log pi(a^{j+1} | h^j)."""
+    logits: torch.Tensor
+    """(N, V) language-head logits."""
+    q: torch.Tensor | None
+    """(N, V) normalised Q-values of the online critic (None without a critic)."""
+    h: torch.Tensor
+    """(N, d) hidden states h^j."""
+
+
+def forward_reply(policy: Policy, batch: TokenBatch, with_critic: bool) -> Forward:
+    """Eq. 1: the hidden states predicting each reply token, and both heads on them only."""
+    hidden = policy.hidden(batch.inputs)  # (B, T, d)
+    h = hidden.flatten(0, 1)[batch.pred_pos]  # (N, d)
+    logits = policy.lm_logits(h)  # (N, V)
+    logp = logits.log_softmax(-1).gather(1, batch.tokens[:, None]).squeeze(1)  # (N,)
+    q = policy.q_values(h) if with_critic else None
+    return Forward(logp=logp, logits=logits, q=q, h=h)
+
+
+@torch.no_grad()
+def next_state_values(policy: Policy, batch: TokenBatch, fwd: Forward) -> torch.Tensor:
+    """``V_bar(h') = sum_a' pi(a'|h') Q_bar(h', a')`` for every reply token, unnormalised. -> (N,).
+
+    Inside a reply h' is the next reply token's h (its logits are reused); after the stop token it is
+    h_{t+1}^0 from an inference-only pass on the next prompt (Eq. 2), run only for non-terminal turns.
+    """
+    N, d = fwd.h.shape
+    h_next = torch.zeros_like(fwd.h)  # (N, d)
+    logits_next = torch.zeros_like(fwd.logits)  # (N, V)
+    inner = ~batch.is_last
+    inner_idx = inner.nonzero().squeeze(1)
+    h_next[inner_idx] = fwd.h[inner_idx + 1].detach()
+    logits_next[inner_idx] = fwd.logits[inner_idx + 1].detach()
+    if batch.next_inputs is not None:
+        was_training = policy.model.training
+        policy.model.eval()
+        h0 = policy.hidden(batch.next_inputs).flatten(0, 1)[batch.next_last_pos]  # (B', d)
+        policy.model.train(was_training)
+        last_idx = batch.is_last.nonzero().squeeze(1)  # (B,) stop token of each turn, in turn order
+        rows = last_idx[batch.next_turn_idx]  # (B',)
+        h_next[rows] = h0.to(h_next.dtype)
+        logits_next[rows] = policy.lm_logits(h0)
+    q_bar = policy.popart.denormalize(policy.q_values(h_next, target=True).float())  # (N, V)
+    v = losses.expected_value(logits_next, q_bar)  # (N,)
+    return v * (1.0 - batch.token_dones())  # terminal rows hold zeros anyway; keep them exactly 0
+
+
+def compute_loss(policy: Policy, batch: TokenBatch, cfg: LossConfig, beta: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 7 for one minibatch. Returns the scalar loss and namespaced statistics."""
+    stats: dict[str, float] = {"train/reply_tokens": float(batch.num_tokens), "train/beta": beta}
+    if not cfg.uses_critic:
+        fwd = forward_reply(policy, batch, with_critic=False)
+        loss, s = losses.sft_loss(fwd.logp)
+        return loss, stats | s | {"train/loss": loss.item()}
+
+    ## TD targets (Eq. 6) ##
+    fwd = forward_reply(policy, batch, with_critic=False)
+    next_v = next_state_values(policy, batch, fwd)
+    y = losses.td_target(batch.token_rewards(), batch.token_dones(), next_v, cfg.gamma)  # (N,)
+    policy.popart.update(y, [policy.critic, policy.target_critic])
+
+    ## Critic loss (after PopArt rescaled the heads) ##
+    q = policy.q_values(fwd.h)  # (N, V) normalised
+    q_taken = q.gather(1, batch.tokens[:, None]).squeeze(1)  # (N,)
+    critic_loss, s_critic = losses.critic_loss(q_taken, policy.popart.normalize(y))
+
+    ## Actor loss (Eq. 3 / 4-5 / max-Q) ##
+    adv = losses.advantages(q_taken, fwd.logits, q)  # (N,)
+    if cfg.actor == "maxq":
+        actor_loss, s_actor = losses.maxq_loss(fwd.logits, q)
+    else:
+        keep = losses.advantage_filter(adv, beta if cfg.actor == "afsft" else -float("inf"))
+        actor_loss, s_actor = losses.afsft_loss(fwd.logp, keep)
+
+    loss = losses.joint_loss(actor_loss, critic_loss, cfg.critic_weight)  # Eq. 7
+    with torch.no_grad():
+        q_unnorm = policy.popart.denormalize(q_taken.float())
+    stats |= s_critic | s_actor
+    stats |= {
+        "train/loss": loss.item(),
+        "critic/q_taken": q_unnorm.mean().item(),
+        "critic/td_target": y.mean().item(),
+        "critic/adv_mean": adv.mean().item(),
+        "critic/adv_std": adv.std().item() if adv.numel() > 1 else 0.0,
+        "critic/popart_mu": policy.popart.mu.item(),
+        "critic/popart_sigma": policy.popart.sigma.item(),
+        "actor/nll": -fwd.logp.mean().item(),
+    }
+    return loss, stats
