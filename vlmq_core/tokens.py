@@ -73,14 +73,19 @@ def collate(policy: Policy, encoded: list[dict[str, torch.Tensor]]) -> dict[str,
     pad = policy.tokenizer.pad_token_id
     T = max(e["input_ids"].shape[1] for e in encoded)
     out = {
-        "input_ids": torch.stack([F.pad(e["input_ids"][0], (0, T - e["input_ids"].shape[1]), value=pad) for e in encoded]),
-        "attention_mask": torch.stack([F.pad(e["attention_mask"][0], (0, T - e["attention_mask"].shape[1])) for e in encoded]),
+        "input_ids": torch.stack(
+            [F.pad(e["input_ids"][0], (0, T - e["input_ids"].shape[1]), value=pad) for e in encoded]
+        ),
+        "attention_mask": torch.stack(
+            [F.pad(e["attention_mask"][0], (0, T - e["attention_mask"].shape[1])) for e in encoded]
+        ),
     }
     for key in encoded[0]:
         if key in out or encoded[0][key] is None:
             continue
         parts = [e[key] for e in encoded]
-        if parts[0].dim() >= 2 and key in ("pixel_values", "pixel_attention_mask") and len({p.shape[1] for p in parts}) > 1:
+        crops = key in ("pixel_values", "pixel_attention_mask")
+        if crops and parts[0].dim() >= 2 and len({p.shape[1] for p in parts}) > 1:
             # Idefics3-style (1, n_images, C, H, W) / (1, n_images, H, W): all-zero padding images are ignored
             n = max(p.shape[1] for p in parts)
             parts = [F.pad(p, (0, 0) * (p.dim() - 2) + (0, n - p.shape[1])) for p in parts]
@@ -111,13 +116,15 @@ def build_batch(policy: Policy, transitions: list[tuple[Turn, Turn | None]]) -> 
     nxt = [(b, n) for b, (t, n) in enumerate(transitions) if not t.done]
     for b, n in nxt:
         if n is None:
-            raise ValueError(f"Turn {transitions[b][0].episode_id}:{transitions[b][0].t} is not terminal but has no next turn.")
+            raise ValueError(
+                f"Turn {transitions[b][0].episode_id}:{transitions[b][0].t} is not terminal but has no next turn."
+            )
     next_inputs, next_last = None, torch.zeros(0, dtype=torch.long)
     if nxt:
         next_enc = [encode_prompt(policy, n.prompt, n.pil_image()) for _, n in nxt]
         next_inputs = collate(policy, next_enc)
         lengths = torch.tensor([e["input_ids"].shape[1] for e in next_enc])
-        next_last = torch.arange(len(nxt)) * next_inputs["input_ids"].shape[1] + lengths - 2
+        next_last = torch.arange(len(nxt)) * next_inputs["input_ids"].shape[1] + lengths - 1
     dev = policy.device
     return TokenBatch(
         inputs=inputs,

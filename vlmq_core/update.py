@@ -104,7 +104,9 @@ def next_state_values(policy: Policy, batch: TokenBatch, fwd: Forward) -> torch.
     return v * (1.0 - batch.token_dones())  # terminal rows hold zeros anyway; keep them exactly 0
 
 
-def compute_loss(policy: Policy, batch: TokenBatch, cfg: LossConfig, beta: float) -> tuple[torch.Tensor, dict[str, float]]:
+def compute_loss(
+    policy: Policy, batch: TokenBatch, cfg: LossConfig, beta: float
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 7 for one minibatch. Returns the scalar loss and namespaced statistics."""
     stats: dict[str, float] = {"train/reply_tokens": float(batch.num_tokens), "train/beta": beta}
     if not cfg.uses_critic:
