@@ -64,7 +64,13 @@ def test_model_strategies_batch_and_prefill(tiny_policy):
         def flush(self):
             pass
 
-    collect(tiny_policy, CollectConfig(strategy="min_format", num_envs=2, max_reply_tokens=3), 2, buffer=Sink(), progress=False)
+    collect(
+        tiny_policy,
+        CollectConfig(strategy="min_format", num_envs=2, max_reply_tokens=3),
+        2,
+        buffer=Sink(),
+        progress=False,
+    )
     assert buf_turns and all(t.reply.startswith("[action]") for t in buf_turns)
     assert all(t.source == "tiny-llama" and t.strategy == "min_format" for t in buf_turns)
     assert all(t.image is None for t in buf_turns) is False  # images are kept in the dataset for any model

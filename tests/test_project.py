@@ -44,8 +44,11 @@ def test_readme_gives_the_two_commands_and_ci_runs_the_test_one():
 def test_paper_map_points_at_code_that_exists():
     text = (ROOT / "docs" / "PAPER_MAP.md").read_text()
     refs = re.findall(r"`(vlmq_core/[\w/]+)\.py::([\w.]+)`", text)
-    refs += [(path, name) for path, rest in re.findall(r"`(vlmq_core/[\w/]+)\.py::[\w.]+`((?:, `[\w.]+`)+)", text)
-             for name in re.findall(r"`([\w.]+)`", rest)]
+    refs += [
+        (path, name)
+        for path, rest in re.findall(r"`(vlmq_core/[\w/]+)\.py::[\w.]+`((?:, `[\w.]+`)+)", text)
+        for name in re.findall(r"`([\w.]+)`", rest)
+    ]
     assert len(refs) >= 20
     for path, name in refs:
         obj = importlib.import_module(path.replace("/", "."))

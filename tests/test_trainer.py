@@ -27,7 +27,7 @@ def buffer(tmp_path_factory):
 
 
 def cfg(run_dir=None, steps=4, **kw) -> TrainConfig:
-    base = dict(steps=steps, batch_size=2, grad_accum=2, lr_lora=1e-3, warmup_lora=2, warmup_critic=2)
+    base = {"steps": steps, "batch_size": 2, "grad_accum": 2, "lr_lora": 1e-3, "warmup_lora": 2, "warmup_critic": 2}
     return TrainConfig(**{**base, "run_dir": str(run_dir) if run_dir else None, "checkpoint_every": 2, **kw})
 
 
@@ -92,3 +92,24 @@ def test_sft_trains_no_critic_and_maxq_runs(tmp_path, buffer):
     assert "actor/maxq_loss" in h[-1]
     with pytest.raises(ValueError, match="actor"):
         LossConfig(actor="ppo")
+
+
+def test_a_dataset_written_with_one_model_trains_another(tmp_path):
+    from vlmq_core.tiny import tiny_idefics3
+
+    writer = make_policy()  # text-only tiny Llama writes replies; images are stored anyway
+    data = TurnBuffer(tmp_path / "data")
+    collect(
+        writer, CollectConfig(strategy="min_format", num_envs=2, max_reply_tokens=3), 2, buffer=data, progress=False
+    )
+    collect(None, CollectConfig(strategy="random", num_envs=2), 2, seed=7, buffer=data, progress=False)
+    assert all(t.image is not None for t in data.turns)
+
+    vlm_model, processor = tiny_idefics3(seed=1)
+    torch.manual_seed(0)
+    reader = Policy(vlm_model, processor, True, PolicyConfig(), name="tiny-idefics3")
+    before = trainable(reader)
+    h = Trainer(reader, TurnBuffer(tmp_path / "data"), cfg(steps=1, batch_size=3, grad_accum=1)).fit(progress=False)
+    assert h[-1]["train/reply_tokens"] > 0
+    after = trainable(reader)
+    assert all(not torch.equal(before[k], after[k]) for k in before)

@@ -128,9 +128,7 @@ def _read_shard(path: Path) -> list[Turn]:
         ) from e
     version = kv.get(SCHEMA_VERSION_KEY)
     if version != str(SCHEMA_VERSION).encode():
-        found = (
-            "no schema version" if version is None else f"schema version {version.decode(errors='replace')}"
-        )
+        found = "no schema version" if version is None else f"schema version {version.decode(errors='replace')}"
         raise BufferError(
             f"Buffer shard {path} has {found}, but this code reads schema version {SCHEMA_VERSION}. "
             f"It was written by another version of vlmq or by another tool. {_FIX}"
@@ -299,9 +297,7 @@ class TurnBuffer:
             "buffer/mean_return": (
                 float(np.mean([sum(turn.reward for turn in ep) for ep in complete])) if complete else nan
             ),
-            "buffer/success_frac": (
-                float(np.mean([ep[-1].reward > 0 for ep in complete])) if complete else nan
-            ),
+            "buffer/success_frac": (float(np.mean([ep[-1].reward > 0 for ep in complete])) if complete else nan),
             "buffer/by_source": dict(Counter(turn.source for turn in self._turns)),
         }
 

@@ -168,7 +168,9 @@ def summarize(results: list[EpisodeResult], prefix: str = "eval") -> dict[str, f
     }
 
 
-def evaluate(policy: Policy, cfg: CollectConfig, episodes: int, seed: int = 10_000, progress: bool = True) -> dict[str, float]:
+def evaluate(
+    policy: Policy, cfg: CollectConfig, episodes: int, seed: int = 10_000, progress: bool = True
+) -> dict[str, float]:
     """Evaluate the policy with the ``agent`` strategy on seeds ``seed..seed+episodes-1`` (no buffer)."""
     eval_cfg = CollectConfig(**{**cfg.__dict__, "strategy": "agent"})
     return summarize(collect(policy, eval_cfg, episodes, seed=seed, progress=progress), prefix="eval")

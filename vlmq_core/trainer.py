@@ -201,7 +201,10 @@ class Trainer:
     def resume(self) -> bool:
         """Load the newest complete checkpoint in ``run_dir`` if there is one; True when resumed."""
         assert self.run_dir is not None
-        folder = next((self.run_dir / n for n in ("checkpoint", "checkpoint.old") if (self.run_dir / n / "trainer.pt").is_file()), None)
+        folder = next(
+            (self.run_dir / n for n in ("checkpoint", "checkpoint.old") if (self.run_dir / n / "trainer.pt").is_file()),
+            None,
+        )
         if folder is None:
             return False
         self.policy.load(folder)

@@ -112,7 +112,7 @@ def compute_loss(
     if not cfg.uses_critic:
         fwd = forward_reply(policy, batch, with_critic=False)
         loss, s = losses.sft_loss(fwd.logp)
-        return loss, stats | s | {"train/loss": loss.item()}
+        return loss, stats | s | {"train/loss": loss.item(), "actor/nll": loss.item()}
 
     ## TD targets (Eq. 6) ##
     fwd = forward_reply(policy, batch, with_critic=False)

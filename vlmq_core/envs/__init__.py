@@ -29,9 +29,7 @@ def _numberline_text(env: gymnasium.Env) -> str:
     return inner.text()
 
 
-def make_env(
-    name: str, seed: int | None = None, text_config: TextActionConfig | None = None
-) -> TextActionEnv:
+def make_env(name: str, seed: int | None = None, text_config: TextActionConfig | None = None) -> TextActionEnv:
     """Build the text-action env for `name` ("NumberLine" or "vlmq/NumberLine-v0").
 
     `seed` seeds the env's generator once, so the sequence of episodes from later `reset()` calls

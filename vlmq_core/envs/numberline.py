@@ -110,9 +110,7 @@ class NumberLineEnv(gymnasium.Env):
             image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), _BACKGROUND)
             draw = ImageDraw.Draw(image)
             font = ImageFont.load_default(size=22)
-            draw.line(
-                [(_MARGIN - 12, _AXIS_Y), (IMAGE_SIZE - _MARGIN + 12, _AXIS_Y)], fill=_AXIS_COLOUR, width=3
-            )
+            draw.line([(_MARGIN - 12, _AXIS_Y), (IMAGE_SIZE - _MARGIN + 12, _AXIS_Y)], fill=_AXIS_COLOUR, width=3)
             for position in range(self.max_position + 1):
                 x = self._tick_x(position)
                 draw.line([(x, _AXIS_Y - 9), (x, _AXIS_Y + 9)], fill=_AXIS_COLOUR, width=3)
