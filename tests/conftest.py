@@ -84,28 +84,21 @@ def transitions(turns: list[Turn]) -> list[tuple[Turn, Turn | None]]:
     return [(t, None if t.done else turns[i + 1]) for i, t in enumerate(turns)]
 
 
-@pytest.fixture(scope="session")
-def llama_policy() -> Policy:
-    """A session-wide tiny text policy: tests must not modify it (build their own with make_policy)."""
-    policy = make_policy("llama")
-    policy.model.eval()
-    return policy
+def _shared_policy(family: str):
+    """A session-wide tiny policy of one family: tests must not modify it (build their own with make_policy)."""
+
+    @pytest.fixture(scope="session", name=f"{family}_policy")
+    def fixture() -> Policy:
+        policy = make_policy(family)
+        policy.model.eval()
+        return policy
+
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def idefics3_policy() -> Policy:
-    """A session-wide tiny VLM policy: tests must not modify it (build their own with make_policy)."""
-    policy = make_policy("idefics3")
-    policy.model.eval()
-    return policy
-
-
-@pytest.fixture(scope="session")
-def llava_policy() -> Policy:
-    """A session-wide tiny LLaVA policy: tests must not modify it (build their own with make_policy)."""
-    policy = make_policy("llava")
-    policy.model.eval()
-    return policy
+llama_policy = _shared_policy("llama")
+idefics3_policy = _shared_policy("idefics3")
+llava_policy = _shared_policy("llava")
 
 
 @pytest.fixture(scope="session")
