@@ -1,4 +1,5 @@
-"""Environments: NumberLine (registered with gymnasium on import), task prompts and the text-action wrapper."""
+"""Environments behind text-action wrappers. Each task module registers a :class:`TaskSpec` (and its raw
+env with gymnasium) on import; :func:`make_env` builds any registered task by short name or env id."""
 
 from __future__ import annotations
 
@@ -6,19 +7,11 @@ import gymnasium
 
 from vlmq_core.envs.numberline import NumberLineEnv
 from vlmq_core.envs.prompts import NUMBERLINE_PROMPT, PROMPTS, TaskPrompt, format_prompt
+from vlmq_core.envs.registry import TASKS, OracleAction, TaskSpec, get_task, register_task
 from vlmq_core.envs.text_action import TextActionConfig, TextActionEnv, parse_action
 
 NUMBERLINE_ID = "vlmq/NumberLine-v0"
 """Gymnasium id of the NumberLine environment."""
-
-ENV_IDS: tuple[str, ...] = (NUMBERLINE_ID,)
-"""All environment ids this package registers."""
-
-_SHORT_NAMES: dict[str, str] = {"NumberLine": NUMBERLINE_ID}
-"""Short names accepted by `make_env`, mapped to env ids."""
-
-if NUMBERLINE_ID not in gymnasium.registry:
-    gymnasium.register(NUMBERLINE_ID, entry_point="vlmq_core.envs.numberline:NumberLineEnv")
 
 
 def _numberline_text(env: gymnasium.Env) -> str:
@@ -29,20 +22,44 @@ def _numberline_text(env: gymnasium.Env) -> str:
     return inner.text()
 
 
+def numberline_oracle(env: gymnasium.Env) -> OracleAction:
+    """NumberLine's obvious optimal policy: step towards the target."""
+    inner = env.unwrapped
+    if inner.current < inner.target:
+        return OracleAction(1, f"{inner.current} is below the target {inner.target}, so increase.")
+    return OracleAction(0, f"{inner.current} is above the target {inner.target}, so decrease.")
+
+
+register_task(
+    TaskSpec(
+        env_id=NUMBERLINE_ID,
+        name="NumberLine",
+        entry_point="vlmq_core.envs.numberline:NumberLineEnv",
+        prompt=NUMBERLINE_PROMPT,
+        text_fn=_numberline_text,
+        oracle=numberline_oracle,
+    )
+)
+
+ENV_IDS: tuple[str, ...] = tuple(TASKS)
+"""All environment ids this package registers."""
+
+
 def make_env(name: str, seed: int | None = None, text_config: TextActionConfig | None = None) -> TextActionEnv:
-    """Build the text-action env for `name` ("NumberLine" or "vlmq/NumberLine-v0").
+    """Build the text-action env for `name` (a short name like "NumberLine" or an id like "vlmq/NumberLine-v0").
 
     `seed` seeds the env's generator once, so the sequence of episodes from later `reset()` calls
-    (without a seed) is reproducible. Unknown names raise ValueError listing the known ones.
+    (without a seed) is reproducible. `text_config` overrides the task's Table 4 defaults.
+    Unknown names raise ValueError listing the known ones.
     """
-    env_id = _SHORT_NAMES.get(name, name)
-    if env_id not in ENV_IDS:
-        known = ", ".join([*_SHORT_NAMES, *ENV_IDS])
-        raise ValueError(f"unknown environment {name!r}; known: {known}")
-    inner = gymnasium.make(env_id)
+    spec = get_task(name)
+    inner = gymnasium.make(spec.env_id)
     if seed is not None:
         inner.reset(seed=seed)
-    return TextActionEnv(inner, PROMPTS[env_id], text_config, text_fn=_numberline_text)
+    config = text_config if text_config is not None else spec.text_config
+    return TextActionEnv(
+        inner, spec.prompt, config, text_fn=spec.text_fn, parser=spec.parser, reason_fn=spec.invalid_reason
+    )
 
 
 __all__ = [
@@ -50,11 +67,16 @@ __all__ = [
     "NUMBERLINE_ID",
     "NUMBERLINE_PROMPT",
     "PROMPTS",
+    "TASKS",
     "NumberLineEnv",
+    "OracleAction",
     "TaskPrompt",
+    "TaskSpec",
     "TextActionConfig",
     "TextActionEnv",
     "format_prompt",
+    "get_task",
     "make_env",
     "parse_action",
+    "register_task",
 ]

@@ -95,9 +95,17 @@ class TextActionEnv(gymnasium.Wrapper):
         config: TextActionConfig | None = None,
         *,
         text_fn: Callable[[gymnasium.Env], str],
+        parser: Callable[[str, Sequence[str]], int | None] = parse_action,
+        reason_fn: Callable[[str, Sequence[str]], str] = invalid_reason,
     ):
-        """Wrap `env`; `text_fn(env)` returns the current state summary text (the observation o_t)."""
+        """Wrap `env`; `text_fn(env)` returns the current state summary text (the observation o_t).
+
+        `parser(reply, actions)` maps a reply to an action index or None (default: exact match after the
+        ``[action]`` tag); `reason_fn(reply, actions)` explains an invalid reply in the next prompt.
+        """
         super().__init__(env)
+        self.parser = parser
+        self.reason_fn = reason_fn
         self.prompt = prompt
         self.config = config if config is not None else TextActionConfig()
         self.text_fn = text_fn
@@ -134,7 +142,7 @@ class TextActionEnv(gymnasium.Wrapper):
         """Parse `reply` and act on it (see the class docstring for the reward rules)."""
         if self._done:
             raise RuntimeError("episode is over (or never started): call reset() first")
-        action = parse_action(reply, self.prompt.actions)
+        action = self.parser(reply, self.prompt.actions)
         self._steps += 1
         error: str | None = None
         success = False
@@ -148,7 +156,7 @@ class TextActionEnv(gymnasium.Wrapper):
             success = bool(terminated) and reward > 0
         else:
             self._invalid_streak += 1
-            error = f"{invalid_reason(reply, self.prompt.actions)} Expected e.g. `{self.prompt.example}`."
+            error = f"{self.reason_fn(reply, self.prompt.actions)} Expected e.g. `{self.prompt.example}`."
             terminated = self._invalid_streak >= self.config.max_consecutive_invalid
             reward = self.config.timeout_reward if terminated else self.config.invalid_reward
         terminated = bool(terminated)
