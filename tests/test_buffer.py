@@ -355,3 +355,15 @@ def test_rejects_non_turns_and_bad_config(tmp_path):
         TurnBuffer(tmp_path, shard_size=0)
     with pytest.raises(ValueError):
         TurnBuffer(tmp_path, max_turns=0)
+
+
+def test_min_return_to_go(tmp_path):
+    buf = TurnBuffer(tmp_path)
+    with pytest.raises(BufferError, match="empty"):
+        buf.min_return_to_go()
+    # rewards per turn: [-2, 3, -4] -> returns-to-go [-3, -1, -4]; [1, -1] -> [0, -1]
+    buf.add([make_turn("a", t, reward=r, done=t == 2) for t, r in enumerate([-2.0, 3.0, -4.0])])
+    buf.add([make_turn("b", t, reward=r, done=t == 1) for t, r in enumerate([1.0, -1.0])])
+    assert buf.min_return_to_go() == pytest.approx(-4.0)
+    buf.add([make_turn("c", 0, reward=-1.5, done=False), make_turn("c", 1, reward=-3.0, done=True)])
+    assert buf.min_return_to_go() == pytest.approx(-4.5)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from vlmq_core.critic import CriticHead, PopArt, ema_update, make_target
+from vlmq_core import losses
+from vlmq_core.critic import CriticConfig, CriticHead, PopArt, ema_update, init_constant, make_target
 
 
 def heads(seed: int = 0) -> tuple[CriticHead, CriticHead]:
@@ -98,3 +101,42 @@ def test_ema_update_math():
     for pt, po in zip(target.parameters(), critic.parameters(), strict=True):
         torch.testing.assert_close(pt, po)
     assert all(not p.requires_grad for p in target.parameters())
+
+
+def test_init_constant_makes_every_output_that_value():
+    critic = CriticHead(16, 50, hidden=32)
+    init_constant(critic, -1.4)
+    out = critic(torch.randn(5, 16) * 30)
+    assert torch.equal(out, torch.full((5, 50), -1.4))
+    target = make_target(critic)
+    assert torch.equal(target(torch.randn(2, 16)), torch.full((2, 50), -1.4))
+
+
+def test_policy_init_q_is_unnormalised_and_shared_with_target():
+    from tests.conftest import make_policy
+    from vlmq_core.model import PolicyConfig
+
+    policy = make_policy("llama", cfg=PolicyConfig(critic=CriticConfig(init_q=-14.0)))
+    h = torch.randn(3, policy.critic.net[0].in_features)
+    for target in (False, True):
+        q = policy.popart.denormalize(policy.q_values(h, target=target))
+        assert torch.allclose(q, torch.full_like(q, -14.0), atol=1e-4)
+
+
+def test_pessimistic_init_keeps_a_near_deterministic_token_that_random_init_drops():
+    """The failure that made AFSFT unlearn NumberLine's syntax, in miniature (Eq. 5 on hand-made tensors).
+
+    The policy puts 0.9 on token 0 (a formatting token of every good reply). The critic has learned the
+    data's negative return for it, Q(h, 0) = -0.3. Tokens the data never shows keep their initial Q:
+    ~0 with random init, so V = 0.9 * -0.3 + 0.1 * 0 = -0.27 > Q(h, 0) and the filter drops the token;
+    at a pessimistic init (-1.4) V = 0.9 * -0.3 + 0.1 * -1.4 = -0.41 < Q(h, 0) and it is kept.
+    """
+    vocab = 10
+    logits = torch.full((1, vocab), -20.0)
+    logits[0, 0] = 0.0
+    logits[0, 1:] = math.log(0.1 / (vocab - 1)) - math.log(0.9)  # pi(0) = 0.9, the rest share 0.1
+    for init, kept in ((0.0, False), (-1.4, True)):
+        q = torch.full((1, vocab), init)
+        q[0, 0] = -0.3
+        adv = losses.advantages(q[:, 0], logits, q)
+        assert bool(losses.advantage_filter(adv, 0.0)[0]) is kept

@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections import Counter
@@ -280,6 +281,20 @@ class TurnBuffer:
                 "Fix: collect episodes first (add turns, including each episode's final `done` turn)."
             )
         return [pairs[i] for i in rng.integers(0, len(pairs), size=n)]
+
+    def min_return_to_go(self) -> float:
+        """The lowest undiscounted return-to-go ``sum_{k >= t} r_k`` over every turn t of every episode held
+        (episodes cut by the cap count from their first held turn). A pessimistic initial Q for the critic
+        (``CriticConfig.init_q``). Raises BufferError when the buffer is empty."""
+        if not self._turns:
+            raise BufferError(f"Buffer {self.path} is empty: no return-to-go. Fix: collect episodes first.")
+        lowest = math.inf
+        for turns in self.episodes().values():
+            to_go = 0.0
+            for turn in reversed(turns):
+                to_go += turn.reward
+                lowest = min(lowest, to_go)
+        return float(lowest)
 
     def stats(self) -> dict:
         """Summary for logging. Complete episodes (turns 0..T present, turn T done) give the return and

@@ -28,6 +28,16 @@ class CriticConfig:
     """PopArt statistics rate (beta_popart)."""
     popart_init_nu: float = 100.0
     """Initial second moment nu of the TD targets (sigma starts at sqrt(nu))."""
+    init_q: float | None = None
+    """If set, every Q-value starts at this unnormalised value (output layer: zero weights, constant bias).
+
+    None keeps PyTorch's random init (the paper's). Why it matters: V(h) = sum_a pi(a|h) Q(h, a) runs over the
+    whole vocabulary, and tokens never seen in the data keep their initial Q. With random init those sit near 0;
+    when the data's returns are negative, every frequent, near-deterministic correct token then gets A < 0 and
+    the filter drops it (measured on NumberLine: the formatting tokens `[`, `action` kept 0/46 times, 0% valid
+    replies after AFSFT). A pessimistic value at or below the data's lowest return-to-go keeps unseen tokens
+    below the seen ones. See :func:`vlmq_core.buffer.TurnBuffer.min_return_to_go`.
+    """
 
 
 class CriticHead(nn.Module):
@@ -44,6 +54,13 @@ class CriticHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h)
+
+
+@torch.no_grad()
+def init_constant(head: CriticHead, value_normalised: float) -> None:
+    """Make every output of `head` equal `value_normalised` for any input: zero output weights, constant bias."""
+    head.last.weight.zero_()
+    head.last.bias.fill_(value_normalised)
 
 
 class PopArt(nn.Module):

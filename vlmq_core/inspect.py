@@ -45,3 +45,30 @@ def token_views(policy: Policy, transitions: list[tuple[Turn, Turn | None]], bet
             )
         )
     return views
+
+
+def filter_summary(
+    policy: Policy, transitions: list[tuple[Turn, Turn | None]], beta: float = 0.0, chunk: int = 8
+) -> dict[str, float]:
+    """What the Eq. 5 filter keeps on `transitions`, split the way that shows whether it helps:
+
+    - ``filter/kept_all``: every reply token;
+    - ``filter/kept_format``: tokens of valid replies other than the action token (formatting + stop token);
+    - ``filter/kept_action_good`` / ``filter/kept_action_bad``: the action token (the last one before the stop
+      token) of valid replies whose turn reward is >= 0 / < 0 (a good filter keeps the first, drops the second);
+    - ``filter/kept_invalid``: tokens of invalid replies.
+    NaN where a group is empty.
+    """
+    groups: dict[str, list[bool]] = {k: [] for k in ("all", "format", "action_good", "action_bad", "invalid")}
+    for start in range(0, len(transitions), chunk):
+        part = transitions[start : start + chunk]
+        for (turn, _), view in zip(part, token_views(policy, part, beta), strict=True):
+            groups["all"] += view.kept
+            if not turn.valid:
+                groups["invalid"] += view.kept
+                continue
+            action = len(view.kept) - 2
+            groups["format"] += [k for j, k in enumerate(view.kept) if j != action]
+            if action >= 0:
+                groups["action_good" if turn.reward >= 0 else "action_bad"].append(view.kept[action])
+    return {f"filter/kept_{k}": (sum(v) / len(v) if v else float("nan")) for k, v in groups.items()}

@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vlmq_core.critic import CriticConfig, CriticHead, PopArt, make_target
+from vlmq_core.critic import CriticConfig, CriticHead, PopArt, init_constant, make_target
 
 EMBEDDED = "embedded"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -205,8 +205,10 @@ class Policy(nn.Module):
         d_model = lm_head.in_features
         device = lm_head.weight.device
         self.critic = CriticHead(d_model, vocab, cfg.critic.hidden).to(device)
-        self.target_critic = make_target(self.critic)
         self.popart = PopArt(cfg.critic.popart_beta, cfg.critic.popart_init_nu, cfg.critic.popart).to(device)
+        if cfg.critic.init_q is not None:
+            init_constant(self.critic, float(self.popart.normalize(torch.tensor(float(cfg.critic.init_q)))))
+        self.target_critic = make_target(self.critic)
         self.stop_token_id = find_stop_token(self)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
