@@ -91,3 +91,25 @@ def test_bad_configuration_is_reported():
         collect(None, CollectConfig(strategy="agent"), 1, progress=False)
     with pytest.raises(ValueError, match="No finished episodes"):
         summarize([])
+
+
+@pytest.mark.parametrize("task", ["NumberLine", "EZPoints", "BabyAI-GoToRedBall"])
+def test_oracle_strategy_builds_datasets_of_known_quality(tmp_path, task):
+    clean = TurnBuffer(tmp_path / "clean")
+    cfg = CollectConfig(task=task, strategy="oracle", num_envs=3)
+    res = collect(None, cfg, 6, seed=0, buffer=clean, progress=False)
+    assert summarize(res)["eval/success"] == 1.0 and summarize(res)["eval/valid"] == 1.0
+    assert {t.source for t in clean.turns} == {"oracle@0"} and {t.strategy for t in clean.turns} == {"oracle"}
+    noisy = collect(
+        None,
+        CollectConfig(task=task, strategy="oracle", num_envs=3, oracle_corrupt_rate=1.0, oracle_thought=True),
+        6,
+        seed=0,
+        progress=False,
+    )
+    assert summarize(noisy)["eval/success"] < 1.0
+
+
+def test_oracle_corrupt_rate_validated():
+    with pytest.raises(ValueError, match="corrupt_rate"):
+        CollectConfig(strategy="oracle", oracle_corrupt_rate=1.5)

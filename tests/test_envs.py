@@ -10,6 +10,7 @@ from PIL import Image
 from vlmq_core.envs import (
     ENV_IDS,
     PROMPTS,
+    TASKS,
     NumberLineEnv,
     TextActionConfig,
     TextActionEnv,
@@ -286,6 +287,21 @@ def test_make_env_seed_reproducible():
 
 
 def test_make_env_unknown_name():
-    with pytest.raises(ValueError, match="NumberLine"):
-        make_env("Blackjack")
-    assert ENV_IDS == ("vlmq/NumberLine-v0",)
+    with pytest.raises(ValueError, match="unknown environment 'Blackjak'.*NumberLine"):
+        make_env("Blackjak")
+
+
+def test_every_task_registered_and_buildable():
+    expected = {"NumberLine", "Blackjack", "EZPoints", "Points24"} | {
+        f"BabyAI-{level}" for level in ("GoToRedBall", "GoToObj", "GoToLocal", "PickupLoc", "PutNextLocal", "GoTo")
+    }
+    names = {TASKS[env_id].name for env_id in ENV_IDS}
+    assert expected <= names
+    for env_id in ENV_IDS:
+        spec = TASKS[env_id]
+        assert env_id == f"vlmq/{spec.name}-v0"
+        env = make_env(spec.name, seed=0)
+        assert env.action_space.n == len(spec.prompt.actions) == len(env.valid_actions)
+        obs, _ = env.reset()
+        assert set(obs) == {"text", "image", "prompt"} and obs["text"] in obs["prompt"]
+        assert spec.oracle is not None, f"{spec.name} has no oracle"

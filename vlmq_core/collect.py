@@ -17,10 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from vlmq_core.envs import make_env
+from vlmq_core.envs.oracles import OracleConfig, oracle_reply
 from vlmq_core.model import Policy
 from vlmq_core.turns import Turn, png_bytes
 
-STRATEGIES = ("agent", "min_format", "random")
+STRATEGIES = ("agent", "min_format", "random", "oracle")
 ACTION_TAG = "[action]"
 
 
@@ -31,7 +32,7 @@ class CollectConfig:
     task: str = "NumberLine"
     """Environment name for :func:`vlmq_core.envs.make_env`."""
     strategy: str = "agent"
-    """``agent``, ``min_format`` or ``random``."""
+    """``agent``, ``min_format``, ``random`` or ``oracle`` (the task's oracle, see ``oracle_corrupt_rate``)."""
     num_envs: int = 6
     """Parallel environments (one batched generate per step)."""
     temperature: float = 0.4
@@ -40,10 +41,15 @@ class CollectConfig:
     """Maximum new tokens per reply."""
     use_images: bool = True
     """Pass the rendered image to VLMs (text-only models always get the text summary alone)."""
+    oracle_corrupt_rate: float = 0.0
+    """``oracle`` strategy: probability that a turn's action is replaced by a random valid one."""
+    oracle_thought: bool = False
+    """``oracle`` strategy: write the oracle's short reason before the action (``Thought: ...``)."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"CollectConfig.strategy must be one of {STRATEGIES}, not {self.strategy!r}")
+        OracleConfig(self.oracle_corrupt_rate, self.oracle_thought)  # validates the rate
 
 
 @dataclass
@@ -71,9 +77,10 @@ def collect(
 
     Turns go to ``buffer.add`` as each episode finishes (so a killed run keeps every finished episode).
     """
-    if cfg.strategy != "random" and policy is None:
-        raise ValueError(f"strategy {cfg.strategy!r} needs a policy; only 'random' runs without one.")
-    source = source or ("random" if cfg.strategy == "random" else policy.name)
+    if cfg.strategy not in ("random", "oracle") and policy is None:
+        raise ValueError(f"strategy {cfg.strategy!r} needs a policy; only 'random' and 'oracle' run without one.")
+    if source is None:
+        source = {"random": "random", "oracle": f"oracle@{cfg.oracle_corrupt_rate:g}"}.get(cfg.strategy) or policy.name
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     envs = [make_env(cfg.task) for _ in range(min(cfg.num_envs, episodes))]
@@ -143,6 +150,9 @@ def collect(
 def _replies(policy: Policy | None, cfg: CollectConfig, observations: list[dict], envs, rng) -> list[str]:
     if cfg.strategy == "random":
         return [env.random_reply(rng) for env in envs]
+    if cfg.strategy == "oracle":
+        ocfg = OracleConfig(cfg.oracle_corrupt_rate, cfg.oracle_thought)
+        return [oracle_reply(env, rng, ocfg) for env in envs]
     images = [o.get("image") if (cfg.use_images and policy.is_vlm) else None for o in observations]
     prefixes = [ACTION_TAG] * len(observations) if cfg.strategy == "min_format" else None
     return policy.generate(

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import gymnasium
 
+from vlmq_core.envs.babyai import BABYAI_LEVELS, BabyAIEnv, parse_babyai_action
+from vlmq_core.envs.blackjack import BLACKJACK_ID, BlackjackEnv
+from vlmq_core.envs.ezpoints import EZPOINTS_ID, EZPointsEnv
+from vlmq_core.envs.limits import task_limits
 from vlmq_core.envs.numberline import NumberLineEnv
+from vlmq_core.envs.points24 import POINTS24_ID, PointsEnv
 from vlmq_core.envs.prompts import NUMBERLINE_PROMPT, PROMPTS, TaskPrompt, format_prompt
 from vlmq_core.envs.registry import TASKS, OracleAction, TaskSpec, get_task, register_task
 from vlmq_core.envs.text_action import TextActionConfig, TextActionEnv, parse_action
@@ -45,15 +50,18 @@ ENV_IDS: tuple[str, ...] = tuple(TASKS)
 """All environment ids this package registers."""
 
 
-def make_env(name: str, seed: int | None = None, text_config: TextActionConfig | None = None) -> TextActionEnv:
+def make_env(
+    name: str, seed: int | None = None, text_config: TextActionConfig | None = None, **env_kwargs
+) -> TextActionEnv:
     """Build the text-action env for `name` (a short name like "NumberLine" or an id like "vlmq/NumberLine-v0").
 
     `seed` seeds the env's generator once, so the sequence of episodes from later `reset()` calls
-    (without a seed) is reproducible. `text_config` overrides the task's Table 4 defaults.
+    (without a seed) is reproducible. `text_config` overrides the task's Table 4 defaults; `env_kwargs` go to
+    the raw env's constructor (e.g. ``view="pov"`` for BabyAI).
     Unknown names raise ValueError listing the known ones.
     """
     spec = get_task(name)
-    inner = gymnasium.make(spec.env_id)
+    inner = gymnasium.make(spec.env_id, **env_kwargs)
     if seed is not None:
         inner.reset(seed=seed)
     config = text_config if text_config is not None else spec.text_config
@@ -63,13 +71,21 @@ def make_env(name: str, seed: int | None = None, text_config: TextActionConfig |
 
 
 __all__ = [
+    "BABYAI_LEVELS",
+    "BLACKJACK_ID",
     "ENV_IDS",
+    "EZPOINTS_ID",
     "NUMBERLINE_ID",
     "NUMBERLINE_PROMPT",
+    "POINTS24_ID",
     "PROMPTS",
     "TASKS",
+    "BabyAIEnv",
+    "BlackjackEnv",
+    "EZPointsEnv",
     "NumberLineEnv",
     "OracleAction",
+    "PointsEnv",
     "TaskPrompt",
     "TaskSpec",
     "TextActionConfig",
@@ -78,5 +94,7 @@ __all__ = [
     "get_task",
     "make_env",
     "parse_action",
+    "parse_babyai_action",
     "register_task",
+    "task_limits",
 ]
