@@ -19,14 +19,6 @@ NUMBERLINE_ID = "vlmq/NumberLine-v0"
 """Gymnasium id of the NumberLine environment."""
 
 
-def _numberline_text(env: gymnasium.Env) -> str:
-    """The NumberLine state summary of a (possibly wrapped) NumberLine env."""
-    inner = env.unwrapped
-    if not isinstance(inner, NumberLineEnv):
-        raise TypeError(f"expected a NumberLineEnv, got {type(inner).__name__}")
-    return inner.text()
-
-
 def numberline_oracle(env: gymnasium.Env) -> OracleAction:
     """NumberLine's obvious optimal policy: step towards the target."""
     inner = env.unwrapped
@@ -41,7 +33,6 @@ register_task(
         name="NumberLine",
         entry_point="vlmq_core.envs.numberline:NumberLineEnv",
         prompt=NUMBERLINE_PROMPT,
-        text_fn=_numberline_text,
         oracle=numberline_oracle,
     )
 )

@@ -290,14 +290,6 @@ def babyai_invalid_reason(reply: str, actions: Sequence[str]) -> str:
 # ---------------------------------------------------------------- registration
 
 
-def _babyai_text(env: gymnasium.Env) -> str:
-    """The observation text of a (possibly wrapped) BabyAI env."""
-    inner = env.unwrapped
-    if not isinstance(inner, BabyAIEnv):
-        raise TypeError(f"expected a BabyAIEnv, got {type(inner).__name__}")
-    return inner.text()
-
-
 def babyai_oracle(env: gymnasium.Env) -> OracleAction:
     """minigrid's BabyAI bot, kept in sync with the episode (see :meth:`BabyAIEnv.bot_decision`)."""
     inner = env.unwrapped
@@ -313,7 +305,6 @@ for _level in BABYAI_LEVELS:
             name=f"BabyAI-{_level}",
             entry_point="vlmq_core.envs.babyai:BabyAIEnv",
             prompt=BABYAI_PROMPTS[_level],
-            text_fn=_babyai_text,
             text_config=dataclasses.replace(BABYAI_TEXT_CONFIG),
             parser=parse_babyai_action,
             invalid_reason=babyai_invalid_reason,

@@ -256,11 +256,6 @@ def _raw(env: gymnasium.Env) -> BlackjackEnv:
     return inner
 
 
-def blackjack_text(env: gymnasium.Env) -> str:
-    """The Blackjack state summary of a (possibly wrapped) Blackjack env."""
-    return _raw(env).text()
-
-
 def blackjack_oracle(env: gymnasium.Env) -> OracleAction:
     """The return-optimal action for the current hand (DP over sum, usable ace, dealer's card)."""
     inner = _raw(env)
@@ -285,7 +280,6 @@ register_task(
         name="Blackjack",
         entry_point="vlmq_core.envs.blackjack:BlackjackEnv",
         prompt=BLACKJACK_PROMPT,
-        text_fn=blackjack_text,
         oracle=blackjack_oracle,
     )
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import gymnasium
 
 from vlmq_core.envs.formula import token_completion
-from vlmq_core.envs.points24 import PointsEnv, parse_points_action, plan_action, points_text, raw_points_env
+from vlmq_core.envs.points24 import PointsEnv, parse_points_action, plan_action, raw_points_env
 from vlmq_core.envs.prompts import EZPOINTS_PROMPT
 from vlmq_core.envs.registry import OracleAction, TaskSpec, register_task
 
@@ -56,7 +56,6 @@ register_task(
         name="EZPoints",
         entry_point="vlmq_core.envs.ezpoints:EZPointsEnv",
         prompt=EZPOINTS_PROMPT,
-        text_fn=points_text,
         parser=parse_points_action,
         oracle=ezpoints_oracle,
     )

@@ -284,11 +284,6 @@ def raw_points_env(env: gymnasium.Env) -> PointsEnv:
     return inner
 
 
-def points_text(env: gymnasium.Env) -> str:
-    """The state summary of a (possibly wrapped) points env (EZPoints or Points24)."""
-    return raw_points_env(env).text()
-
-
 def plan_action(env: PointsEnv, plan: tuple[str, ...] | None, thought: str = "") -> OracleAction:
     """The oracle's action from a continuation `plan` of the formula: its first token, ``=`` when the plan
     is empty (the formula is finished) or None (nothing reaches the target from here). `thought`
@@ -352,7 +347,6 @@ register_task(
         name="Points24",
         entry_point="vlmq_core.envs.points24:PointsEnv",
         prompt=POINTS24_PROMPT,
-        text_fn=points_text,
         text_config=TextActionConfig(max_steps=POINTS24_MAX_STEPS),
         parser=parse_points_action,
         oracle=points24_oracle,

@@ -30,6 +30,14 @@ Oracle = Callable[[gymnasium.Env], OracleAction]
 """``oracle(raw_env) -> OracleAction``: a strong policy reading the raw (unwrapped) env's state."""
 
 
+def state_text(env: gymnasium.Env) -> str:
+    """The raw env's own ``text()`` state summary, through any wrappers; TypeError if it has none."""
+    inner = env.unwrapped
+    if not callable(getattr(inner, "text", None)):
+        raise TypeError(f"{type(inner).__name__} has no text() state summary; give the TaskSpec a text_fn")
+    return inner.text()
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """Everything `make_env` needs to build one task behind the text-action wrapper."""
@@ -42,8 +50,8 @@ class TaskSpec:
     """Gymnasium entry point of the raw env."""
     prompt: TaskPrompt
     """Task description, action docs and syntax example."""
-    text_fn: Callable[[gymnasium.Env], str]
-    """State summary of the raw env (the observation text o_t)."""
+    text_fn: Callable[[gymnasium.Env], str] = state_text
+    """State summary of the raw env (the observation text o_t); default :func:`state_text`."""
     text_config: TextActionConfig = field(default_factory=TextActionConfig)
     """Reward-wrapper defaults of the task's domain (METHOD.md Table 4)."""
     parser: Parser = parse_action
