@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from vlmq_core import losses
-from vlmq_core.critic import CriticConfig, CriticHead, PopArt, ema_update, init_constant, make_target
+from vlmq_core.critic import (
+    CriticConfig,
+    CriticHead,
+    InputWhitening,
+    PopArt,
+    ema_update,
+    init_constant,
+    make_target,
+)
 
 
 def heads(seed: int = 0) -> tuple[CriticHead, CriticHead]:
@@ -140,3 +148,113 @@ def test_pessimistic_init_keeps_a_near_deterministic_token_that_random_init_drop
         q[0, 0] = -0.3
         adv = losses.advantages(q[:, 0], logits, q)
         assert bool(losses.advantage_filter(adv, 0.0)[0]) is kept
+
+
+def correlated(n: int, d: int = 16, seed: int = 0, shift: float = 5.0) -> torch.Tensor:
+    """Hidden-state-like data: a large common offset and strongly correlated features."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d, d, generator=g) * torch.logspace(0, -2, d)[:, None]
+    return torch.randn(n, d, generator=g) @ mix + shift
+
+
+def test_whitening_observe_exact_pools_batches():
+    x = correlated(300)
+    w = InputWhitening(16, beta=0.5)
+    w.observe(x[:100], exact=True)
+    w.observe(x[100:], exact=True)
+    torch.testing.assert_close(w.mean, x.mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w.cov, torch.cov(x.T, correction=0), atol=1e-5, rtol=1e-5)
+    assert float(w.count) == 300
+
+
+def test_whitening_running_rate_is_exact_then_beta():
+    w = InputWhitening(2, beta=0.1)
+    w.observe(torch.tensor([[1.0, 1.0]]))  # first batch: rate 1
+    w.observe(torch.tensor([[3.0, 3.0]]))  # rate max(0.1, 1/2) = 1/2
+    torch.testing.assert_close(w.mean, torch.tensor([2.0, 2.0]))
+    for _ in range(30):
+        w.observe(torch.tensor([[0.0, 0.0]]))  # rate decays to beta = 0.1, never below
+    rates = 1.0
+    for k in range(30):
+        rates *= 1 - max(0.1, 1 / (3 + k))
+    torch.testing.assert_close(w.mean, torch.full((2,), 2.0 * rates))
+
+
+def test_whitening_refresh_whitens_and_preserves_both_heads_outputs():
+    critic, target = heads()
+    w = InputWhitening(16, beta=0.5, eps=1e-6)
+    h = correlated(500, seed=1)
+    before = [m(w(h)) for m in (critic, target)]
+    w.observe(h, exact=True)
+    w.refresh([critic, target])
+    x = w(h)
+    torch.testing.assert_close(x.mean(0), torch.zeros(16), atol=1e-3, rtol=0)
+    torch.testing.assert_close(torch.cov(x.T, correction=0), torch.eye(16), atol=2e-2, rtol=0)  # float32 buffers
+    for b, m in zip(before, (critic, target), strict=True):
+        torch.testing.assert_close(m(x), b, atol=1e-4, rtol=1e-4)
+    # a second refresh on shifted statistics: outputs still preserved, the transform moved
+    matrix = w.matrix.clone()
+    before = [m(w(h)) for m in (critic, target)]
+    w.observe(correlated(500, seed=2, shift=-3.0))
+    w.refresh([critic, target])
+    assert not torch.allclose(w.matrix, matrix)
+    for b, m in zip(before, (critic, target), strict=True):
+        torch.testing.assert_close(m(w(h)), b, atol=1e-3, rtol=1e-4)
+
+
+def test_whitening_disabled_or_unrefreshed_is_identity():
+    h = correlated(50)
+    off = InputWhitening(16, enabled=False)
+    off.observe(h)
+    critic, target = heads()
+    wt = critic.net[0].weight.clone()
+    off.refresh([critic, target])
+    assert float(off.count) == 0 and torch.equal(off(h), h) and torch.equal(critic.net[0].weight, wt)
+    on = InputWhitening(16)
+    on.observe(h)
+    assert torch.equal(on(h), h)  # statistics alone change nothing until a refresh
+
+
+def auc_after_adam(x: torch.Tensor, good: torch.Tensor, steps: int = 100) -> float:
+    """The critic's MLP shape regressed on a +-0.1 reward with Adam (lr 6e-4, 8 per step); held-out AUC."""
+    torch.manual_seed(0)
+    n = len(x) * 2 // 3
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 400), torch.nn.ReLU(), torch.nn.Linear(400, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=6e-4)
+    y = good.float() * 0.2 - 0.1
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        i = torch.randint(0, n, (8,), generator=g)
+        loss = ((net(x[i]).squeeze(1) - y[i]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        q = net(x[n:]).squeeze(1)
+    pos, neg = q[good[n:]], q[~good[n:]]
+    return (pos[:, None] > neg[None, :]).float().mean().item()
+
+
+def test_whitening_lets_the_critic_mlp_read_a_tight_far_cluster():
+    """Why the critic whitens its inputs, in miniature (NumberLine's stop-token states, measured in
+    ``scripts/diagnostics/critic_probe.py``): the states that decide the reward form a tight cluster far
+    from the mean of all reply positions, and the reward is linear in a direction of small variance that
+    is not aligned with any feature. Raw or per-feature standardised inputs: the MLP barely moves in 100
+    Adam steps; ZCA-whitened with statistics of all positions: it separates the cluster."""
+    d = 32
+    g = torch.Generator().manual_seed(0)
+    scale = torch.logspace(0.5, -1.5, d)  # anisotropic, like hidden states
+    rot, _ = torch.linalg.qr(torch.randn(d, d, generator=g))  # ...and correlated across features
+    others = (torch.randn(2000, d, generator=g) * scale) @ rot  # every other reply position
+    good = torch.rand(600, generator=g) > 0.5
+    local = 0.2 * scale * torch.randn(600, d, generator=g)  # a tight cluster...
+    local[:, -1] += scale[-1] * (good.float() * 2 - 1)  # ...split along its smallest direction
+    cluster = (torch.randn(d, generator=g) * scale * 3) @ rot + local @ rot  # ...far from the rest
+    every = torch.cat([others, cluster])
+    w = InputWhitening(d, eps=0.01)
+    w.observe(every, exact=True)
+    w.refresh([])
+    raw = auc_after_adam(cluster, good)
+    standardised = auc_after_adam((cluster - every.mean(0)) / every.std(0), good)
+    white = auc_after_adam(w(cluster), good)
+    assert white > 0.97 and raw < 0.7 and standardised < 0.7, (raw, standardised, white)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import make_policy, randomize_lora
+from vlmq_core.critic import CriticConfig
 from vlmq_core.model import (
     ModelConfig,
     ModelLoadError,
@@ -127,6 +128,9 @@ def perturb(policy: Policy, seed: int) -> None:
             p.add_(0.05 * torch.randn(p.shape, generator=g))
         policy.popart.mu.fill_(1.5)
         policy.popart.nu.fill_(30.0)
+        d = policy.whiten.offset.numel()
+        policy.whiten.observe(torch.randn(4 * d, d, generator=g) * 3 + 1)
+        policy.whiten.refresh([policy.critic, policy.target_critic])
 
 
 def outputs(policy: Policy, family: str):
@@ -143,11 +147,12 @@ def outputs(policy: Policy, family: str):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_save_load_roundtrip(tmp_path, family):
-    src = make_policy(family)
+    cfg = PolicyConfig(critic=CriticConfig(whiten=True))
+    src = make_policy(family, cfg=cfg)
     perturb(src, seed=3)
     src.save(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "policy.json").is_file()
-    dst = make_policy(family)
+    dst = make_policy(family, cfg=cfg)
     before = outputs(dst, family)
     want = outputs(src, family)
     assert not torch.allclose(before[0], want[0])  # a fresh policy differs: the check can fail
@@ -156,6 +161,15 @@ def test_save_load_roundtrip(tmp_path, family):
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert dst.popart.mu.item() == 1.5
+    assert int(dst.whiten.refreshes) == 1 and torch.equal(dst.whiten.matrix, src.whiten.matrix)
+
+
+def test_whitened_checkpoint_into_an_unwhitened_policy_raises(tmp_path):
+    src = make_policy("llama", cfg=PolicyConfig(critic=CriticConfig(whiten=True)))
+    perturb(src, seed=3)
+    src.save(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="whiten=True"):
+        make_policy("llama").load(tmp_path / "ckpt")
 
 
 def test_load_incomplete_checkpoint_raises(tmp_path, llama_policy):

@@ -7,16 +7,17 @@ import torch
 
 from vlmq_core.buffer import TurnBuffer
 from vlmq_core.collect import CollectConfig, collect
+from vlmq_core.critic import CriticConfig
 from vlmq_core.model import Policy, PolicyConfig
 from vlmq_core.tiny import tiny_llama
 from vlmq_core.trainer import TrainConfig, Trainer, load_history
 from vlmq_core.update import LossConfig
 
 
-def make_policy() -> Policy:
+def make_policy(cfg: PolicyConfig | None = None) -> Policy:
     model, tok = tiny_llama(seed=0)
     torch.manual_seed(0)
-    return Policy(model, tok, False, PolicyConfig())
+    return Policy(model, tok, False, cfg or PolicyConfig())
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,27 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, buffer):
     a, b = trainable(straight), trainable(resumed)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_whitened_critic_calibrates_refreshes_and_resumes(tmp_path, buffer):
+    pcfg = PolicyConfig(critic=CriticConfig(whiten=True, whiten_every=2, whiten_calib_turns=3))
+    straight = make_policy(pcfg)
+    h_straight = Trainer(straight, buffer, cfg(tmp_path / "a")).fit(progress=False)
+    w = straight.whiten
+    assert int(w.refreshes) == 3  # calibration, then after updates 2 and 4
+    assert float(w.count) > 0 and not torch.equal(w.matrix, torch.eye(len(w.offset)))
+
+    Trainer(make_policy(pcfg), buffer, cfg(tmp_path / "b", steps=2)).fit(progress=False)
+    resumed = make_policy(pcfg)
+    trainer = Trainer(resumed, buffer, cfg(tmp_path / "b"))
+    assert trainer.step == 2 and int(resumed.whiten.refreshes) == 2  # loaded, not calibrated again
+    h_resumed = trainer.fit(progress=False)
+    assert [m["train/loss"] for m in h_resumed] == pytest.approx([m["train/loss"] for m in h_straight], rel=1e-5)
+    torch.testing.assert_close(resumed.whiten.matrix, w.matrix, rtol=1e-5, atol=1e-6)
+
+    sft = make_policy(pcfg)  # plain SFT has no critic: nothing to calibrate
+    Trainer(sft, buffer, cfg(steps=1), LossConfig(actor="sft", critic_weight=0.0)).fit(progress=False)
+    assert int(sft.whiten.refreshes) == 0
 
 
 def test_resume_uses_the_previous_checkpoint_when_killed_mid_write(tmp_path, buffer):

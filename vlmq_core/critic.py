@@ -2,7 +2,8 @@
 
 METHOD.md, "Heads": ``Q_phi(h) in R^{|V|}``, an MLP ``d -> 400 -> |V|`` on the backbone's hidden states.
 The head outputs *normalised* values; PopArt (van Hasselt et al. 2016) holds the statistics that map them
-back: ``Q = sigma * Q_norm + mu``.
+back: ``Q = sigma * Q_norm + mu``. Its input may be whitened (:class:`InputWhitening`, our addition): the
+mirror image of PopArt on the input side, with the same exact output-preserving correction.
 """
 
 from __future__ import annotations
@@ -38,6 +39,24 @@ class CriticConfig:
     replies after AFSFT). A pessimistic value at or below the data's lowest return-to-go keeps unseen tokens
     below the seen ones. See :func:`vlmq_core.buffer.TurnBuffer.min_return_to_go`.
     """
+    whiten: bool = False
+    """Feed the critic ZCA-whitened hidden states, ``x = (h - m) W`` (:class:`InputWhitening`). Not in the paper.
+
+    Why it matters, measured on NumberLine (``scripts/diagnostics/critic_probe.py``): the decisive states (e.g. the
+    stop token after ``+``/``-``) form a tight cluster far from the mean of all reply positions. The move's
+    quality is linearly readable there (probe accuracy 1.0), yet the critic MLP regressed on the turn reward
+    reaches held-out AUC 0.58 (raw) or 0.64 (per-feature standardised) after 100 Adam steps; whitened with
+    statistics of all reply positions, 0.999. Off by default (the paper's raw hidden states): in joint
+    training from the base model it has not yet made AFSFT reliably better than SFT (``docs/PAPER_MAP.md``).
+    """
+    whiten_eps: float = 0.01
+    """Whitening regulariser: eigenvalues of the covariance get ``eps * mean eigenvalue`` added."""
+    whiten_beta: float = 0.01
+    """Rate of the running input statistics per update (after a first exact average over the calibration)."""
+    whiten_every: int = 100
+    """Recompute the whitening from the running statistics every this many updates (0: only at calibration)."""
+    whiten_calib_turns: int = 64
+    """Turns run through the backbone (no gradient) to estimate the statistics before the first update."""
 
 
 class CriticHead(nn.Module):
@@ -97,6 +116,87 @@ class PopArt(nn.Module):
             layer = head.last
             layer.weight.mul_(sigma_old / sigma_new)
             layer.bias.mul_(sigma_old).add_(mu_old - self.mu).div_(sigma_new)
+
+
+class InputWhitening(nn.Module):
+    """ZCA whitening of the critic's input, ``x = (h - m) W``, from running statistics of the hidden states.
+
+    Shared by the online and the target critic (like :class:`PopArt`). :meth:`observe` folds hidden states
+    into the running mean and covariance; :meth:`refresh` recomputes ``m`` and ``W = (C + eps I)^{-1/2}``
+    and rewrites each head's *first* layer so every head's outputs stay exactly what they were (input-side
+    "preserving outputs precisely"). Gradients flow through ``W`` to the backbone: the transform is fixed
+    between refreshes, not learned. Disabled, it is the identity.
+    """
+
+    def __init__(self, d_model: int, beta: float = 0.01, eps: float = 0.01, enabled: bool = True):
+        super().__init__()
+        self.beta, self.eps, self.enabled = beta, eps, enabled
+        self.register_buffer("offset", torch.zeros(d_model))  # m
+        self.register_buffer("matrix", torch.eye(d_model))  # W (symmetric)
+        self.register_buffer("mean", torch.zeros(d_model))  # running statistics
+        self.register_buffer("cov", torch.zeros(d_model, d_model))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))  # hidden states observed
+        self.register_buffer("refreshes", torch.zeros((), dtype=torch.long))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> (..., d) whitened (identity when disabled or before the first refresh)."""
+        if not self.enabled or int(self.refreshes) == 0:
+            return h
+        return (h - self.offset.to(h.dtype)) @ self.matrix.to(h.dtype)
+
+    @torch.no_grad()
+    def observe(self, h: torch.Tensor, exact: bool = False) -> None:
+        """Fold hidden states ``h`` (N, d) into the running statistics.
+
+        ``exact`` (calibration) averages every state seen so far with equal weight; otherwise the rate is
+        ``max(beta, N / (count + N))``: an exact average until the window of ``1/beta`` updates is full.
+        """
+        if not self.enabled or h.numel() == 0:
+            return
+        x = h.detach().reshape(-1, h.shape[-1]).double()
+        n = x.shape[0]
+        rate = n / (float(self.count) + n)
+        if not exact:
+            rate = max(self.beta, rate)
+        bm = x.mean(0)
+        bc = (x - bm).T @ (x - bm) / n
+        mean, cov = self.mean.double(), self.cov.double()
+        delta = bm - mean
+        new_cov = (1 - rate) * cov + rate * bc + rate * (1 - rate) * torch.outer(delta, delta)
+        self.mean.copy_(mean + rate * delta)
+        self.cov.copy_(new_cov)
+        self.count.add_(n)
+
+    def whitening(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(m, W)`` from the running statistics: the mean and ``(C + eps * mean_eig * I)^{-1/2}``."""
+        cov = self.cov.double()
+        evals, evecs = torch.linalg.eigh((cov + cov.T) / 2)
+        evals = evals.clamp(min=0)
+        floor = self.eps * evals.mean().clamp(min=1e-12)
+        w = (evecs * (evals + floor).rsqrt()) @ evecs.T
+        return self.mean.double(), w
+
+    @torch.no_grad()
+    def refresh(self, heads: list[CriticHead]) -> None:
+        """Set ``(m, W)`` from the statistics and rewrite each head's first layer so its outputs are unchanged.
+
+        First layer ``z = W1 x + b1`` with ``x = (h - m) W``; the new one is ``W1' = W1 W W'^{-1}``,
+        ``b1' = b1 + W1 W (m' - m)``.
+        """
+        if not self.enabled or float(self.count) == 0:
+            return
+        m_old = self.offset.double()
+        w_old = self.matrix.double() if int(self.refreshes) > 0 else torch.eye(len(m_old), dtype=torch.float64)
+        m_new, w_new = self.whitening()
+        w_new_inv = torch.linalg.inv(w_new)
+        for head in heads:
+            first = head.net[0]
+            w1 = first.weight.double()  # (hidden, d)
+            first.bias.add_((w1 @ w_old @ (m_new - m_old).to(w1.device)).to(first.bias.dtype))
+            first.weight.copy_(w1 @ w_old @ w_new_inv)
+        self.offset.copy_(m_new)
+        self.matrix.copy_(w_new)
+        self.refreshes.add_(1)
 
 
 def make_target(critic: CriticHead) -> CriticHead:

@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vlmq_core.critic import CriticConfig, CriticHead, PopArt, init_constant, make_target
+from vlmq_core.critic import CriticConfig, CriticHead, InputWhitening, PopArt, init_constant, make_target
 
 EMBEDDED = "embedded"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -192,7 +192,7 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
 
 
 class Policy(nn.Module):
-    """A LoRA-adapted model with its language head, a critic head, a target critic and PopArt."""
+    """A LoRA-adapted model with its language head, a critic head, a target critic, PopArt and input whitening."""
 
     def __init__(self, model: nn.Module, processor, is_vlm: bool, cfg: PolicyConfig, name: str = ""):
         super().__init__()
@@ -209,6 +209,8 @@ class Policy(nn.Module):
         if cfg.critic.init_q is not None:
             init_constant(self.critic, float(self.popart.normalize(torch.tensor(float(cfg.critic.init_q)))))
         self.target_critic = make_target(self.critic)
+        c = cfg.critic
+        self.whiten = InputWhitening(d_model, c.whiten_beta, c.whiten_eps, enabled=c.whiten).to(device)
         self.stop_token_id = find_stop_token(self)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -232,9 +234,10 @@ class Policy(nn.Module):
         return self.model.get_output_embeddings()(h).float()
 
     def q_values(self, h: torch.Tensor, target: bool = False) -> torch.Tensor:
-        """Critic head: (..., d) -> *normalised* Q-values (..., |V|); PopArt maps them back."""
+        """Critic head on the (whitened) hidden states: (..., d) -> *normalised* Q-values (..., |V|);
+        PopArt maps them back."""
         head = self.target_critic if target else self.critic
-        return head(h.to(head.last.weight.dtype))
+        return head(self.whiten(h.to(head.last.weight.dtype)))
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """``{"lora": [...], "critic": [...]}``: the only parameters an optimiser sees."""
@@ -302,6 +305,7 @@ class Policy(nn.Module):
         state = {f"critic.{k}": v for k, v in self.critic.state_dict().items()}
         state |= {f"target_critic.{k}": v for k, v in self.target_critic.state_dict().items()}
         state |= {f"popart.{k}": v for k, v in self.popart.state_dict().items()}
+        state |= {f"whiten.{k}": v for k, v in self.whiten.state_dict().items()}
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / "critic.safetensors"))
         (folder / "policy.json").write_text(json.dumps({"name": self.name, "config": asdict(self.cfg)}, indent=2))
 
@@ -318,7 +322,15 @@ class Policy(nn.Module):
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"Adapter in {folder} does not fit this model: unexpected {result.unexpected_keys[:3]}")
         state = load_file(str(files[1]), device=str(self.device))
-        for prefix, mod in (("critic.", self.critic), ("target_critic.", self.target_critic), ("popart.", self.popart)):
+        mods = [("critic.", self.critic), ("target_critic.", self.target_critic), ("popart.", self.popart)]
+        if any(k.startswith("whiten.") for k in state):  # checkpoints from before input whitening have none
+            if int(state["whiten.refreshes"]) > 0 and not self.whiten.enabled:
+                raise ValueError(
+                    f"The critic in {folder} was trained on whitened inputs; load it into a policy built with "
+                    "CriticConfig(whiten=True)."
+                )
+            mods.append(("whiten.", self.whiten))
+        for prefix, mod in mods:
             mod.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
 
 

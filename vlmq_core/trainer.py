@@ -3,6 +3,8 @@
 Each optimizer update: ``grad_accum`` minibatches of ``batch_size`` turn transitions are sampled, converted
 to tokens (Eq. 1-2) and differentiated (:func:`vlmq_core.update.compute_loss`); gradients are clipped, LoRA
 and critic step with their own learning rates and linear warmups, and the target critic follows by EMA.
+With ``CriticConfig.whiten`` the critic's input statistics are first estimated on a sample of turns
+(:meth:`Trainer.calibrate_critic_inputs`) and the whitening is refreshed every ``whiten_every`` updates.
 Metrics are one namespaced dict per update (definitions: ``docs/METRICS.md``).
 """
 
@@ -26,7 +28,7 @@ from vlmq_core.critic import ema_update
 from vlmq_core.losses import beta_schedule
 from vlmq_core.model import Policy
 from vlmq_core.tokens import build_batch
-from vlmq_core.update import LossConfig, compute_loss
+from vlmq_core.update import LossConfig, compute_loss, forward_reply
 
 
 @dataclass
@@ -141,6 +143,9 @@ class Trainer:
         if self.loss_cfg.uses_critic:
             ema_update(policy.target_critic, policy.critic, policy.cfg.critic.tau)
         self.step += 1
+        every = policy.cfg.critic.whiten_every
+        if self.loss_cfg.uses_critic and policy.whiten.enabled and every and self.step % every == 0:
+            policy.whiten.refresh([policy.critic, policy.target_critic])
         lrs = self.scheduler.get_last_lr()
         return {
             "step": self.step,
@@ -151,8 +156,38 @@ class Trainer:
             "time/update_s": time.perf_counter() - t0,
         }
 
+    @torch.no_grad()
+    def calibrate_critic_inputs(self, progress: bool = True) -> int:
+        """Estimate the critic's input statistics and set its whitening before the first update.
+
+        Runs ``whiten_calib_turns`` turns (sampled with their own generator, so the training minibatches do
+        not change) through the backbone without gradient. Returns the number of hidden states observed.
+        """
+        policy, ccfg = self.policy, self.policy.cfg.critic
+        rng = np.random.default_rng([self.cfg.seed, 1])
+        was_training = policy.model.training
+        policy.model.eval()
+        seen, left = 0, ccfg.whiten_calib_turns
+        bar = tqdm(total=left, desc="critic input statistics", disable=not progress)
+        try:
+            while left > 0:
+                n = min(self.cfg.batch_size, left)
+                batch = build_batch(policy, self.buffer.sample(n, rng))
+                h = forward_reply(policy, batch, with_critic=False).h.float()
+                policy.whiten.observe(h, exact=True)
+                seen, left = seen + h.shape[0], left - n
+                bar.update(n)
+        finally:
+            policy.model.train(was_training)
+            bar.close()
+        policy.whiten.refresh([policy.critic, policy.target_critic])
+        return seen
+
     def fit(self, progress: bool = True) -> list[dict[str, float]]:
         """Train until ``cfg.steps`` updates (resuming where a checkpoint left off); returns the history."""
+        whiten = self.policy.whiten
+        if self.loss_cfg.uses_critic and whiten.enabled and int(whiten.refreshes) == 0 and self.step < self.cfg.steps:
+            self.calibrate_critic_inputs(progress)
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc=f"train {self.loss_cfg.actor}", disable=not progress)
         while self.step < self.cfg.steps:
             metrics = self.train_step()

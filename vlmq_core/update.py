@@ -7,6 +7,7 @@ Pseudo-code of :func:`compute_loss` (METHOD.md)::
     h'     = h shifted by one inside each reply, h0' after the stop token
     y      = r + gamma (1 - d) sum_a' pi(a'|h') Q_bar(h', a')       # Eq. 6 target, target head, PopArt space
     PopArt.update(y)                                               # rescales critic + target outputs
+    Q(h)   = critic((h - m) W)                                     # optional input whitening (ours)
     L_Q    = mean (Q(h, a) - normalise(y))^2                        # Eq. 6
     A      = Q(h, a) - sum_a pi(a|h) Q(h, a)                        # advantage, no gradient
     L_act  = - sum 1[A >= beta] log pi(a|h) / N                     # Eq. 4-5 (beta = -inf: Eq. 3)
@@ -119,6 +120,7 @@ def compute_loss(
     next_v = next_state_values(policy, batch, fwd)
     y = losses.td_target(batch.token_rewards(), batch.token_dones(), next_v, cfg.gamma)  # (N,)
     policy.popart.update(y, [policy.critic, policy.target_critic])
+    policy.whiten.observe(fwd.h)  # running input statistics; the trainer refreshes the whitening
 
     ## Critic loss (after PopArt rescaled the heads) ##
     q = policy.q_values(fwd.h)  # (N, V) normalised

@@ -3,7 +3,8 @@
 Random-action turns only. Linear probes (ridge, closed form, held-out third): at the position predicting
 ``+``/``-`` ("target above current") and at the stop-token position ("turn reward >= 0"). Then the critic's
 MLP shape (d -> 400 -> 1, Adam, lr 6e-4, 8 turns per step) regressed directly on r/10 at the stop-token
-position, inputs standardised over all reply positions; prints held-out AUC.
+position, with inputs raw, standardised per feature, and ZCA-whitened (``InputWhitening``), statistics
+always over all reply positions of the dataset; prints held-out AUC.
 
     python scripts/diagnostics/critic_probe.py /tmp/features.pt
 """
@@ -13,6 +14,8 @@ import sys
 
 import numpy as np
 import torch
+
+from vlmq_core.critic import InputWhitening
 
 rows = torch.load(sys.argv[1], weights_only=False)
 rand = [r for r in rows if r["strategy"] == "random"]
@@ -33,22 +36,35 @@ print("probe: target above current, at the +/- position:", probe(np.stack([r["h"
 print("probe: move was good, at the stop-token position:", probe(np.stack([r["h"][-1].numpy() for r in rand]), good))
 
 every = torch.cat([r["h"] for r in rows])
-x = (torch.stack([r["h"][-1] for r in rand]) - every.mean(0)) / (every.std(0) + 1e-6)
-print("spread of stop-token states / spread over all reply positions:", round(x[:n].std(0).mean().item(), 3))
+stop = torch.stack([r["h"][-1] for r in rand])
+standardised = (stop - every.mean(0)) / (every.std(0) + 1e-6)
+print("spread of stop-token states / spread over all reply positions:", round(standardised[:n].std(0).mean().item(), 3))
+whiten = InputWhitening(every.shape[1], eps=0.01)
+whiten.observe(every, exact=True)
+whiten.refresh([])
 target = torch.tensor([r["r"] for r in rand]) / 10
-torch.manual_seed(0)
-net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 400), torch.nn.ReLU(), torch.nn.Linear(400, 1))
-opt = torch.optim.AdamW(net.parameters(), lr=6e-4, weight_decay=0)
-rng = np.random.default_rng(0)
-for step in range(1, 1001):
-    i = rng.choice(n, 8, replace=False)
-    loss = ((net(x[i]).squeeze(1) - target[i]) ** 2).mean()
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    if step in (100, 300, 1000):
-        with torch.no_grad():
-            q = net(x[n:]).squeeze(1).numpy()
-        y = good[n:]
-        auc = (q[y][:, None] > q[~y][None, :]).mean()
-        print(f"critic MLP, direct regression, {step} steps: held-out AUC {auc:.3f}")
+
+
+def regress(x: torch.Tensor, name: str) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 400), torch.nn.ReLU(), torch.nn.Linear(400, 1))
+    opt = torch.optim.AdamW(net.parameters(), lr=6e-4, weight_decay=0)
+    rng = np.random.default_rng(0)
+    aucs = []
+    for step in range(1, 1001):
+        i = rng.choice(n, 8, replace=False)
+        loss = ((net(x[i]).squeeze(1) - target[i]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step in (100, 300, 1000):
+            with torch.no_grad():
+                q = net(x[n:]).squeeze(1).numpy()
+            y = good[n:]
+            aucs.append(f"{step} steps {(q[y][:, None] > q[~y][None, :]).mean():.3f}")
+    print(f"critic MLP, direct regression, {name} inputs: held-out AUC after", ", ".join(aucs))
+
+
+regress(stop, "raw")
+regress(standardised, "per-feature standardised")
+regress(whiten(stop), "ZCA-whitened")
