@@ -27,15 +27,7 @@ def time_raw(name: str, steps: int, seed: int = 0) -> float:
     env.reset(seed=seed)
     env.step(0)  # warm the card / glyph caches outside the timing
     env.reset(seed=seed)
-    total = 0.0
-    for _ in range(steps):
-        action = int(rng.integers(env.action_space.n))
-        start = time.perf_counter()
-        _, _, terminated, truncated, _ = env.step(action)
-        total += time.perf_counter() - start
-        if terminated or truncated:
-            env.reset()
-    return 1000 * total / steps
+    return _mean_step_ms(env, steps, lambda: int(rng.integers(env.action_space.n)))
 
 
 def time_wrapped(name: str, steps: int, seed: int = 0) -> float:
@@ -43,11 +35,16 @@ def time_wrapped(name: str, steps: int, seed: int = 0) -> float:
     env = make_env(name, seed=seed)
     rng = np.random.default_rng(seed)
     env.reset()
+    return _mean_step_ms(env, steps, lambda: env.random_reply(rng))
+
+
+def _mean_step_ms(env, steps: int, next_action) -> float:
+    """Mean milliseconds per ``env.step(next_action())``, resetting (untimed) when an episode ends."""
     total = 0.0
     for _ in range(steps):
-        reply = env.random_reply(rng)
+        action = next_action()
         start = time.perf_counter()
-        _, _, terminated, truncated, _ = env.step(reply)
+        _, _, terminated, truncated, _ = env.step(action)
         total += time.perf_counter() - start
         if terminated or truncated:
             env.reset()

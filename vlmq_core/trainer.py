@@ -28,7 +28,7 @@ from vlmq_core.critic import ema_update
 from vlmq_core.losses import beta_schedule
 from vlmq_core.model import Policy
 from vlmq_core.tokens import build_batch
-from vlmq_core.update import LossConfig, compute_loss, forward_reply
+from vlmq_core.update import LossConfig, compute_loss, reply_hidden
 
 
 @dataclass
@@ -173,7 +173,7 @@ class Trainer:
             while left > 0:
                 n = min(self.cfg.batch_size, left)
                 batch = build_batch(policy, self.buffer.sample(n, rng))
-                h = forward_reply(policy, batch, with_critic=False).h.float()
+                h = reply_hidden(policy, batch).float()  # no |V|-wide head: only the states
                 policy.whiten.observe(h, exact=True)
                 seen, left = seen + h.shape[0], left - n
                 bar.update(n)

@@ -67,10 +67,14 @@ class Forward:
     """(N, d) hidden states h^j."""
 
 
+def reply_hidden(policy: Policy, batch: TokenBatch) -> torch.Tensor:
+    """Eq. 1: the hidden states predicting each reply token, packed. -> (N, d)."""
+    return policy.hidden(batch.inputs).flatten(0, 1)[batch.pred_pos]
+
+
 def forward_reply(policy: Policy, batch: TokenBatch, with_critic: bool) -> Forward:
     """Eq. 1: the hidden states predicting each reply token, and both heads on them only."""
-    hidden = policy.hidden(batch.inputs)  # (B, T, d)
-    h = hidden.flatten(0, 1)[batch.pred_pos]  # (N, d)
+    h = reply_hidden(policy, batch)  # (N, d)
     logits = policy.lm_logits(h)  # (N, V)
     logp = logits.log_softmax(-1).gather(1, batch.tokens[:, None]).squeeze(1)  # (N,)
     q = policy.q_values(h) if with_critic else None
@@ -120,7 +124,8 @@ def compute_loss(
     next_v = next_state_values(policy, batch, fwd)
     y = losses.td_target(batch.token_rewards(), batch.token_dones(), next_v, cfg.gamma)  # (N,)
     policy.popart.update(y, [policy.critic, policy.target_critic])
-    policy.whiten.observe(fwd.h)  # running input statistics; the trainer refreshes the whitening
+    if policy.cfg.critic.whiten_every:  # running input statistics, only read by the trainer's refreshes
+        policy.whiten.observe(fwd.h)
 
     ## Critic loss (after PopArt rescaled the heads) ##
     q = policy.q_values(fwd.h)  # (N, V) normalised
