@@ -74,6 +74,24 @@ def test_td_target_has_no_gradient():
     assert not y.requires_grad
 
 
+def test_nstep_target_by_hand():
+    g = 0.9
+    # two turns: 3 tokens (one-step targets a, b, c; c is the stop token's r_t + next turn), then 2 tokens
+    y1 = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    turn = torch.tensor([0, 0, 0, 1, 1])
+    assert torch.equal(losses.nstep_target(y1, turn, 1, g), y1)  # Eq. 6 unchanged
+    torch.testing.assert_close(losses.nstep_target(y1, turn, 2, g), torch.tensor([g * 2, g * 3, 3, g * 5, 5]))
+    for n in (3, 50):  # at least the longest reply: every token bootstraps from its turn's stop token
+        torch.testing.assert_close(losses.nstep_target(y1, turn, n, g), torch.tensor([g * g * 3, g * 3, 3, g * 5, 5]))
+    with pytest.raises(ValueError, match="n >= 1"):
+        losses.nstep_target(y1, turn, 0, g)
+
+
+def test_nstep_target_has_no_gradient():
+    y1 = torch.randn(4, requires_grad=True)
+    assert not losses.nstep_target(y1, torch.tensor([0, 0, 1, 1]), 4, 0.99).requires_grad
+
+
 def test_critic_loss_value_and_gradient_only_through_q():
     q = torch.tensor([1.0, 2.0, -1.0], requires_grad=True)
     y = torch.tensor([0.0, 4.0, -1.0], requires_grad=True)

@@ -37,4 +37,5 @@ def test_03_offline_afsft_runs_and_writes_metrics(tmp_path):
     for run in ("base", "sft", "afsft"):
         assert 0 <= m[run]["success"] <= 1 and 0 <= m[run]["valid"] <= 1 and m[run]["return"] <= 1
     assert m["dataset"]["buffer/episodes"] == 6
+    assert m["afsft_td_steps"] == 32 and m["afsft_critic_whiten"] is True  # the notebook's critic defaults
     assert (tmp_path / "run" / "afsft" / "checkpoint" / "critic.safetensors").is_file()

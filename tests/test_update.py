@@ -205,3 +205,29 @@ def test_critic_loss_reaches_lora(text_turns):
     grads, stats = lora_grads(policy, batch, LossConfig(actor="afsft", critic_weight=1.0), beta=math.inf)
     assert stats["actor/kept_frac"] == 0.0
     assert all(g.abs().sum() > 0 for g in grads.values())
+
+
+def test_nstep_targets_in_the_step(text_turns):
+    """``td_steps`` above the longest reply: every reply token's target is its turn's stop-token target,
+    discounted by its distance to it (seen through the mean target the step logs); 1 is Eq. 6."""
+    policy = make_policy("llama")
+    policy.eval()
+    batch = build_batch(policy, transitions(text_turns))
+    gamma = 0.9
+    with torch.no_grad():
+        fwd = forward_reply(policy, batch, with_critic=False)
+        y1 = losses.td_target(batch.token_rewards(), batch.token_dones(), next_state_values(policy, batch, fwd), gamma)
+    stop = y1[batch.is_last][batch.turn_idx]  # (N,) the turn's stop-token target, per token
+    last_pos = torch.nonzero(batch.is_last).squeeze(1)[batch.turn_idx]
+    expected = gamma ** (last_pos - torch.arange(batch.num_tokens)).float() * stop
+    means = {}
+    for n in (1, 1000):
+        p = make_policy("llama")
+        p.eval()
+        _, stats = compute_loss(p, batch, LossConfig(td_steps=n, gamma=gamma), beta=0.0)
+        means[n] = stats["critic/td_target"]
+    assert means[1] == pytest.approx(y1.mean().item(), rel=1e-5, abs=1e-5)
+    assert means[1000] == pytest.approx(expected.mean().item(), rel=1e-5, abs=1e-5)
+    assert means[1000] != pytest.approx(means[1], rel=1e-3)
+    with pytest.raises(ValueError, match="td_steps"):
+        LossConfig(td_steps=0)

@@ -54,6 +54,31 @@ def td_target(rewards: torch.Tensor, dones: torch.Tensor, next_v: torch.Tensor, 
     return (rewards + gamma * (1.0 - dones) * next_v).detach()
 
 
+def nstep_target(y1: torch.Tensor, turn_idx: torch.Tensor, n: int, gamma: float) -> torch.Tensor:
+    """n-step targets inside a reply, built from the one-step targets of Eq. 6 (our option, not the paper's).
+
+    Rewards inside a reply are 0, so the n-step target of token j is the discounted one-step target of the
+    token ``m - 1`` steps later, ``m = min(n, l - j)`` (``l`` tokens in its turn, j counted from 0):
+    ``y_n[j] = gamma^(m-1) y1[j + m - 1]``. It never crosses the stop token, whose target already holds r_t and
+    the next turn's value. ``n = 1`` is Eq. 6 exactly; ``n >= l`` gives every token of the turn
+    ``gamma^(l-1-j) (r_t + gamma (1 - d) V_bar(h_{t+1}^0))``. Uncorrected: the target follows the *data's*
+    continuation of the reply, not pi's (as n-step returns in Rainbow / R2D2).
+
+    y1: (N,) one-step targets; turn_idx: (N,) turn of each token, tokens of a turn contiguous. -> (N,)
+    """
+    if n < 1:
+        raise ValueError(f"n-step targets need n >= 1, not {n}")
+    if n == 1:
+        return y1.detach()
+    N = y1.shape[0]
+    idx = torch.arange(N, device=y1.device)
+    counts = torch.bincount(turn_idx, minlength=int(turn_idx.max()) + 1 if N else 0)  # (B,)
+    starts = torch.cumsum(counts, 0) - counts  # (B,)
+    pos = idx - starts[turn_idx]  # (N,) position j inside the turn
+    m = torch.clamp(counts[turn_idx] - pos, max=n)  # (N,) steps until the bootstrap
+    return (gamma ** (m - 1).to(y1.dtype) * y1[idx + m - 1]).detach()
+
+
 def critic_loss(q_taken: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 6: ``L_Q = mean (Q_phi(h, a) - y)^2`` over reply tokens (both PopArt-normalised). (N,), (N,)."""
     err = q_taken.float() - target.detach().float()

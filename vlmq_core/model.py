@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlmq_core.critic import CriticConfig, CriticHead, InputWhitening, PopArt, init_constant, make_target
+from vlmq_core.prefix import hidden_with_shared_prefix, shared_prefix_len
 
 EMBEDDED = "embedded"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -43,6 +44,9 @@ class ModelConfig:
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     quantization: str | None = None
     """``4bit`` or ``8bit`` base weights through bitsandbytes (CUDA only); None keeps full precision."""
+    share_prefix: bool = True
+    """Training passes compute the prompt prefix the batch's rows share once (``vlmq_core.prefix``; causal LMs,
+    text-only inputs). Same hidden states and gradients up to float rounding, ~3x faster on NumberLine."""
 
 
 @dataclass
@@ -227,6 +231,9 @@ class Policy(nn.Module):
     def hidden(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """f_theta: last hidden states (B, T, d) of the LoRA-adapted backbone (no language head)."""
         backbone = self.model.get_base_model().base_model
+        P = shared_prefix_len(inputs) if self.cfg.model.share_prefix and not self.is_vlm else 0
+        if P:
+            return hidden_with_shared_prefix(backbone, inputs, P)
         return backbone(**inputs, use_cache=False).last_hidden_state
 
     def lm_logits(self, h: torch.Tensor) -> torch.Tensor:

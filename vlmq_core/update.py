@@ -6,6 +6,7 @@ Pseudo-code of :func:`compute_loss` (METHOD.md)::
     h0'    = stopgrad(f_theta(p_{t+1}))[-1]                        # Eq. 2, one per non-terminal turn
     h'     = h shifted by one inside each reply, h0' after the stop token
     y      = r + gamma (1 - d) sum_a' pi(a'|h') Q_bar(h', a')       # Eq. 6 target, target head, PopArt space
+    y      = gamma^(m-1) y[j + m - 1], m = min(td_steps, l - j)     # optional n-step inside a reply (ours)
     PopArt.update(y)                                               # rescales critic + target outputs
     Q(h)   = critic((h - m) W)                                     # optional input whitening (ours)
     L_Q    = mean (Q(h, a) - normalise(y))^2                        # Eq. 6
@@ -43,10 +44,15 @@ class LossConfig:
     """If > 0, beta rises linearly from ``beta_ramp_from`` to ``beta`` over this many updates."""
     beta_ramp_from: float = -1.0
     """Start of the optional linear ramp."""
+    td_steps: int = 1
+    """Token transitions before the critic target bootstraps inside a reply (``losses.nstep_target``). 1 is
+    Eq. 6; a value above the longest reply gives every reply token the turn's target (r_t + the next turn)."""
 
     def __post_init__(self) -> None:
         if self.actor not in ("afsft", "sft", "maxq"):
             raise ValueError(f"LossConfig.actor must be 'afsft', 'sft' or 'maxq', not {self.actor!r}")
+        if self.td_steps < 1:
+            raise ValueError(f"LossConfig.td_steps must be >= 1 (1 is Eq. 6), not {self.td_steps}")
 
     @property
     def uses_critic(self) -> bool:
@@ -123,6 +129,7 @@ def compute_loss(
     fwd = forward_reply(policy, batch, with_critic=False)
     next_v = next_state_values(policy, batch, fwd)
     y = losses.td_target(batch.token_rewards(), batch.token_dones(), next_v, cfg.gamma)  # (N,)
+    y = losses.nstep_target(y, batch.turn_idx, cfg.td_steps, cfg.gamma)  # (N,) td_steps = 1: Eq. 6 as is
     policy.popart.update(y, [policy.critic, policy.target_critic])
     if policy.cfg.critic.whiten_every:  # running input statistics, only read by the trainer's refreshes
         policy.whiten.observe(fwd.h)

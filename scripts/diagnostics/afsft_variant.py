@@ -1,12 +1,14 @@
 """Diagnostic: one AFSFT run of notebook 03's settings on an existing dataset, with critic variants.
 
-Trains AFSFT from the base model for 100 updates (8 turns each, LoRA lr 3e-4, critic lr 6e-4, 10-update
-warmups, filter from update 20, critic at the data's lowest return-to-go), then prints the trained filter's
-``filter_summary`` over the dataset and a 20-episode evaluation. Behind the README's whitening table.
+Trains AFSFT from the base model for ``steps`` updates (default 100; 8 turns each, LoRA lr 3e-4, critic lr
+6e-4, 10-update warmups, filter from update 20, critic at the data's lowest return-to-go), then prints the
+trained filter's ``filter_summary`` over the dataset and an ``eval``-episode evaluation (default 20). Behind
+the README's tables of critic variants.
 
-    python scripts/diagnostics/afsft_variant.py runs/03_offline_afsft/data whiten=1 we=10 wb=0.05 tau=0.03
+    python scripts/diagnostics/afsft_variant.py runs/03_offline_afsft/data whiten=1 n=32 steps=300 eval=30
 
-Options: ``whiten`` (1/0), ``we`` whiten_every, ``wb`` whiten_beta, ``tau``, ``steps``, ``eval`` episodes.
+Options: ``whiten`` (1/0), ``we`` whiten_every, ``wb`` whiten_beta, ``tau``, ``steps``, ``fs`` filter start,
+``n`` td_steps (n-step targets inside a reply), ``eval`` episodes.
 """
 
 import json
@@ -24,13 +26,14 @@ from vlmq_core.update import LossConfig
 args = dict(a.split("=", 1) for a in sys.argv[2:])
 t0 = time.time()
 buffer = TurnBuffer(sys.argv[1])
+base = PolicyConfig().critic
 critic = replace(
-    PolicyConfig().critic,
+    base,
     init_q=buffer.min_return_to_go(),
     whiten=args.get("whiten", "1") == "1",
-    whiten_every=int(args.get("we", 100)),
-    whiten_beta=float(args.get("wb", 0.01)),
-    tau=float(args.get("tau", 0.008)),
+    whiten_every=int(args.get("we", base.whiten_every)),
+    whiten_beta=float(args.get("wb", base.whiten_beta)),
+    tau=float(args.get("tau", base.tau)),
 )
 policy = load_policy(replace(PolicyConfig(), critic=critic))
 cfg = TrainConfig(
@@ -44,7 +47,8 @@ cfg = TrainConfig(
     seed=0,
     checkpoint_every=0,
 )
-history = Trainer(policy, buffer, cfg, LossConfig(actor="afsft", filter_start_step=20)).fit(progress=False)
+loss = LossConfig(actor="afsft", filter_start_step=int(args.get("fs", 20)), td_steps=int(args.get("n", 1)))
+history = Trainer(policy, buffer, cfg, loss).fit(progress=False)
 print(f"trained in {time.time() - t0:.0f} s")
 keys = ("step", "actor/kept_frac", "critic/loss", "critic/adv_std", "train/grad_norm", "time/update_s")
 for m in history[::10]:
