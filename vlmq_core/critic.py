@@ -46,8 +46,8 @@ class CriticConfig:
     stop token after ``+``/``-``) form a tight cluster far from the mean of all reply positions. The move's
     quality is linearly readable there (probe accuracy 1.0), yet the critic MLP regressed on the turn reward
     reaches held-out AUC 0.58 (raw) or 0.64 (per-feature standardised) after 100 Adam steps; whitened with
-    statistics of all reply positions, 0.999. Off by default (the paper's raw hidden states): in joint
-    training from the base model it has not yet made AFSFT reliably better than SFT (``docs/PAPER_MAP.md``).
+    statistics of all reply positions, 0.999. Off by default (the paper's raw hidden states); notebook 03
+    turns it on with n-step targets (``LossConfig.td_steps``), see ``docs/PAPER_MAP.md``.
     """
     whiten_eps: float = 0.01
     """Whitening regulariser: eigenvalues of the covariance get ``eps * mean eigenvalue`` added."""
