@@ -46,7 +46,8 @@ class ModelConfig:
     """``4bit`` or ``8bit`` base weights through bitsandbytes (CUDA only); None keeps full precision."""
     share_prefix: bool = True
     """Training passes compute the prompt prefix the batch's rows share once (``vlmq_core.prefix``; causal LMs,
-    text-only inputs). Same hidden states and gradients up to float rounding, ~3x faster on NumberLine."""
+    text-only inputs). Same hidden states and gradients up to float rounding; x2.1-2.9 faster updates on NumberLine
+    (``benchmarks/bench_update.py``, CPU)."""
 
 
 @dataclass
