@@ -56,6 +56,17 @@ def test_afsft_denominator_counts_all_tokens():
     assert g.tolist() == [-0.25, 0.0, -0.25, 0.0]  # dropped tokens get no gradient
 
 
+def test_td_advantages_by_hand():
+    """A = y - sum_a pi(a|h) Q(h, a): the taken token's target replaces its Q; no gradient."""
+    y = torch.tensor([1.0, -1.0], requires_grad=True)
+    logits = torch.zeros(2, 2, requires_grad=True)  # pi uniform over 2 tokens
+    q = torch.tensor([[0.0, 2.0], [1.0, 1.0]], requires_grad=True)  # V = [1, 1]
+    adv = losses.td_advantages(y, logits, q)
+    assert torch.allclose(adv, torch.tensor([0.0, -2.0]))
+    assert not adv.requires_grad
+    assert losses.advantage_filter(adv, 0.0).tolist() == [True, False]
+
+
 def test_td_target_bootstraps_only_non_terminal():
     r = torch.tensor([1.0, 0.0, -2.0])
     d = torch.tensor([0.0, 1.0, 1.0])

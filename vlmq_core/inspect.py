@@ -9,19 +9,24 @@ from vlmq_core.model import Policy
 from vlmq_core.plots import TokenView
 from vlmq_core.tokens import build_batch
 from vlmq_core.turns import Turn
-from vlmq_core.update import forward_reply
+from vlmq_core.update import LossConfig, advantages, forward_reply, td_targets
 
 
 @torch.no_grad()
-def token_views(policy: Policy, transitions: list[tuple[Turn, Turn | None]], beta: float = 0.0) -> list[TokenView]:
-    """One :class:`TokenView` per turn: per reply token (stop token last) its advantage A = Q - V
-    (PopArt-normalised, as the filter sees it), unnormalised Q(h, a) and V(h), log pi(a|h) and the Eq. 5 mask."""
+def token_views(
+    policy: Policy, transitions: list[tuple[Turn, Turn | None]], beta: float = 0.0, loss: LossConfig | None = None
+) -> list[TokenView]:
+    """One :class:`TokenView` per turn: per reply token (stop token last) its advantage (PopArt-normalised, as
+    the filter of `loss` sees it: ``Q - V`` by default, ``y - V`` with ``loss.advantage == "td"``), unnormalised
+    Q(h, a) and V(h), log pi(a|h) and the Eq. 5 mask."""
+    loss = loss or LossConfig()
     was_training = policy.training
     policy.eval()
     batch = build_batch(policy, transitions)
     fwd = forward_reply(policy, batch, with_critic=True)
     q_taken = fwd.q.gather(1, batch.tokens[:, None]).squeeze(1)  # (N,)
-    adv = losses.advantages(q_taken, fwd.logits, fwd.q)  # (N,)
+    y = td_targets(policy, batch, fwd, loss) if loss.advantage == "td" else q_taken
+    adv = advantages(policy, fwd, fwd.q, q_taken, y, loss)  # (N,)
     keep = losses.advantage_filter(adv, beta)
     q_un = policy.popart.denormalize(q_taken.float())
     v_un = policy.popart.denormalize(losses.expected_value(fwd.logits, fwd.q))
@@ -48,7 +53,11 @@ def token_views(policy: Policy, transitions: list[tuple[Turn, Turn | None]], bet
 
 
 def filter_summary(
-    policy: Policy, transitions: list[tuple[Turn, Turn | None]], beta: float = 0.0, chunk: int = 8
+    policy: Policy,
+    transitions: list[tuple[Turn, Turn | None]],
+    beta: float = 0.0,
+    chunk: int = 8,
+    loss: LossConfig | None = None,
 ) -> dict[str, float]:
     """What the Eq. 5 filter keeps on `transitions`, split the way that shows whether it helps:
 
@@ -62,7 +71,7 @@ def filter_summary(
     groups: dict[str, list[bool]] = {k: [] for k in ("all", "format", "action_good", "action_bad", "invalid")}
     for start in range(0, len(transitions), chunk):
         part = transitions[start : start + chunk]
-        for (turn, _), view in zip(part, token_views(policy, part, beta), strict=True):
+        for (turn, _), view in zip(part, token_views(policy, part, beta, loss), strict=True):
             groups["all"] += view.kept
             if not turn.valid:
                 groups["invalid"] += view.kept

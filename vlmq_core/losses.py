@@ -46,6 +46,18 @@ def advantages(q_taken: torch.Tensor, logits: torch.Tensor, q: torch.Tensor) -> 
     return q_taken.detach().float() - expected_value(logits, q.detach())
 
 
+def td_advantages(y: torch.Tensor, logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``A(h, a) = y - V(h)``: the taken token's TD target in place of ``Q(h, a)`` (our option, not Eq. 5's).
+
+    ``y = r + gamma V_bar(h')`` (Eq. 6, or its n-step form) is what ``Q(h, a)`` is regressed on, so this is the
+    one-step-lookahead estimate of the same advantage, defined only for tokens taken in the data (where h' is
+    known). It separates moves as soon as the reward or the next state's value does, before the critic has
+    learned ``Q(h, a)`` per state; noisier under stochastic transitions. No gradient.
+    y: (N,) normalised targets; logits, q: (N, V) -> (N,).
+    """
+    return y.detach().float() - expected_value(logits, q.detach())
+
+
 def td_target(rewards: torch.Tensor, dones: torch.Tensor, next_v: torch.Tensor, gamma: float) -> torch.Tensor:
     """Eq. 6 target: ``y = r + gamma (1 - d) V_bar(h')`` with ``V_bar(h') = sum_a' pi(a'|h') Q_phibar(h', a')``.
 

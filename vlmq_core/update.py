@@ -10,7 +10,8 @@ Pseudo-code of :func:`compute_loss` (METHOD.md)::
     PopArt.update(y)                                               # rescales critic + target outputs
     Q(h)   = critic((h - m) W)                                     # optional input whitening (ours)
     L_Q    = mean (Q(h, a) - normalise(y))^2                        # Eq. 6
-    A      = Q(h, a) - sum_a pi(a|h) Q(h, a)                        # advantage, no gradient
+    A      = Q(h, a) - sum_a pi(a|h) Q(h, a)                        # advantage, no gradient (Eq. 5)
+           | normalise(y) - sum_a pi(a|h) Q(h, a)                   # advantage = "td" (ours)
     L_act  = - sum 1[A >= beta] log pi(a|h) / N                     # Eq. 4-5 (beta = -inf: Eq. 3)
     L      = L_act + lambda L_Q                                     # Eq. 7
 """
@@ -48,7 +49,13 @@ class LossConfig:
     """Token transitions before the critic target bootstraps inside a reply (``losses.nstep_target``). 1 is
     Eq. 6; a value above the longest reply gives every reply token the turn's target (r_t + the next turn)."""
 
+    advantage: str = "q"
+    """Advantage the filter reads: ``q`` is the paper's ``Q(h, a) - V(h)`` (Eq. 5); ``td`` is ``y - V(h)`` with y
+    the taken token's (n-step) TD target (``losses.td_advantages``; ours, see docs/PAPER_MAP.md)."""
+
     def __post_init__(self) -> None:
+        if self.advantage not in ("q", "td"):
+            raise ValueError(f"LossConfig.advantage must be 'q' (Eq. 5) or 'td', not {self.advantage!r}")
         if self.actor not in ("afsft", "sft", "maxq"):
             raise ValueError(f"LossConfig.actor must be 'afsft', 'sft' or 'maxq', not {self.actor!r}")
         if self.td_steps < 1:
@@ -115,6 +122,25 @@ def next_state_values(policy: Policy, batch: TokenBatch, fwd: Forward) -> torch.
     return v * (1.0 - batch.token_dones())  # terminal rows hold zeros anyway; keep them exactly 0
 
 
+@torch.no_grad()
+def td_targets(policy: Policy, batch: TokenBatch, fwd: Forward, cfg: LossConfig) -> torch.Tensor:
+    """Eq. 6 targets ``y = r + gamma (1 - d) V_bar(h')`` of every reply token, unnormalised, in their n-step form
+    when ``cfg.td_steps > 1`` (``losses.nstep_target``). -> (N,)."""
+    next_v = next_state_values(policy, batch, fwd)
+    y = losses.td_target(batch.token_rewards(), batch.token_dones(), next_v, cfg.gamma)  # (N,)
+    return losses.nstep_target(y, batch.turn_idx, cfg.td_steps, cfg.gamma)  # td_steps = 1: Eq. 6 as is
+
+
+def advantages(
+    policy: Policy, fwd: Forward, q: torch.Tensor, q_taken: torch.Tensor, y: torch.Tensor, cfg: LossConfig
+) -> torch.Tensor:
+    """The filter's advantage of each taken token, PopArt-normalised, no gradient: ``Q(h, a) - V(h)`` (Eq. 5) or,
+    with ``cfg.advantage == "td"``, ``normalise(y) - V(h)``. q: (N, V) normalised; q_taken, y: (N,) -> (N,)."""
+    if cfg.advantage == "td":
+        return losses.td_advantages(policy.popart.normalize(y.float()), fwd.logits, q)
+    return losses.advantages(q_taken, fwd.logits, q)
+
+
 def compute_loss(
     policy: Policy, batch: TokenBatch, cfg: LossConfig, beta: float
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -127,9 +153,7 @@ def compute_loss(
 
     ## TD targets (Eq. 6) ##
     fwd = forward_reply(policy, batch, with_critic=False)
-    next_v = next_state_values(policy, batch, fwd)
-    y = losses.td_target(batch.token_rewards(), batch.token_dones(), next_v, cfg.gamma)  # (N,)
-    y = losses.nstep_target(y, batch.turn_idx, cfg.td_steps, cfg.gamma)  # (N,) td_steps = 1: Eq. 6 as is
+    y = td_targets(policy, batch, fwd, cfg)  # (N,) unnormalised
     policy.popart.update(y, [policy.critic, policy.target_critic])
     if policy.cfg.critic.whiten_every:  # running input statistics, only read by the trainer's refreshes
         policy.whiten.observe(fwd.h)
@@ -140,7 +164,7 @@ def compute_loss(
     critic_loss, s_critic = losses.critic_loss(q_taken, policy.popart.normalize(y))
 
     ## Actor loss (Eq. 3 / 4-5 / max-Q) ##
-    adv = losses.advantages(q_taken, fwd.logits, q)  # (N,)
+    adv = advantages(policy, fwd, q, q_taken, y, cfg)  # (N,)
     if cfg.actor == "maxq":
         actor_loss, s_actor = losses.maxq_loss(fwd.logits, q)
     else:

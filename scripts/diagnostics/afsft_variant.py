@@ -8,24 +8,39 @@ the README's tables of critic variants.
     python scripts/diagnostics/afsft_variant.py runs/03_offline_afsft/data whiten=1 n=32 steps=300 eval=30
 
 Options: ``whiten`` (1/0), ``we`` whiten_every, ``wb`` whiten_beta, ``tau``, ``steps``, ``fs`` filter start,
-``n`` td_steps (n-step targets inside a reply), ``eval`` episodes.
+``n`` td_steps (n-step targets inside a reply), ``adv`` the filter's advantage (``q``: Eq. 5, ``td``),
+``eval`` episodes, ``probe`` (every this many updates print ``numberline_probe.decision``; 0: never) and
+``oracle=1``: instead of AFSFT, plain SFT on the dataset's good moves only (valid replies with reward >= 0),
+the filter a perfect critic would give; it shows how fast the actor can learn the decision.
 """
 
 import json
 import sys
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
-from vlmq_core.buffer import TurnBuffer
-from vlmq_core.collect import CollectConfig, evaluate
-from vlmq_core.inspect import filter_summary
-from vlmq_core.model import PolicyConfig, load_policy
-from vlmq_core.trainer import TrainConfig, Trainer
-from vlmq_core.update import LossConfig
+sys.path.insert(0, str(Path(__file__).parent))
+from numberline_probe import decision  # noqa: E402
+
+from vlmq_core.buffer import TurnBuffer  # noqa: E402
+from vlmq_core.collect import CollectConfig, evaluate  # noqa: E402
+from vlmq_core.inspect import filter_summary  # noqa: E402
+from vlmq_core.model import PolicyConfig, load_policy  # noqa: E402
+from vlmq_core.trainer import TrainConfig, Trainer  # noqa: E402
+from vlmq_core.update import LossConfig  # noqa: E402
 
 args = dict(a.split("=", 1) for a in sys.argv[2:])
 t0 = time.time()
 buffer = TurnBuffer(sys.argv[1])
+oracle = args.get("oracle", "0") == "1"
+if oracle:
+    good = [turn for turn in buffer.turns if turn.valid and turn.reward >= 0]
+    buffer = TurnBuffer(tempfile.mkdtemp(prefix="oracle_"))
+    buffer.add(good)
+    buffer.flush()
+    print(f"oracle: SFT on the {len(good)} good moves")
 base = PolicyConfig().critic
 critic = replace(
     base,
@@ -47,12 +62,29 @@ cfg = TrainConfig(
     seed=0,
     checkpoint_every=0,
 )
-loss = LossConfig(actor="afsft", filter_start_step=int(args.get("fs", 20)), td_steps=int(args.get("n", 1)))
-history = Trainer(policy, buffer, cfg, loss).fit(progress=False)
+loss = LossConfig(
+    actor="sft" if oracle else "afsft",
+    critic_weight=0.0 if oracle else 1.0,
+    filter_start_step=int(args.get("fs", 20)),
+    td_steps=int(args.get("n", 1)),
+    advantage=args.get("adv", "q"),
+)
+base_prompt = buffer.turns[0].prompt
+
+
+def probe(p):
+    m = decision(p, base_prompt)
+    print(f"update {trainer.step}", {k: round(v, 3) for k, v in m.items()}, f"{time.time() - t0:.0f} s", flush=True)
+    return m
+
+
+trainer = Trainer(policy, buffer, cfg, loss, eval_fn=probe, eval_every=int(args.get("probe", 0)))
+history = trainer.fit(progress=False)
 print(f"trained in {time.time() - t0:.0f} s")
 keys = ("step", "actor/kept_frac", "critic/loss", "critic/adv_std", "train/grad_norm", "time/update_s")
 for m in history[::10]:
     print({k: round(m[k], 3) for k in keys if k in m})
-print(json.dumps(filter_summary(policy, buffer.transitions())))
+if not oracle:
+    print(json.dumps(filter_summary(policy, buffer.transitions(), loss=loss)))
 result = evaluate(policy, CollectConfig(task="NumberLine", num_envs=10), int(args.get("eval", 20)))
 print(json.dumps(result), f"total {time.time() - t0:.0f} s")
