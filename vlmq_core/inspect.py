@@ -9,7 +9,7 @@ from vlmq_core.model import Policy
 from vlmq_core.plots import TokenView
 from vlmq_core.tokens import build_batch
 from vlmq_core.turns import Turn
-from vlmq_core.update import LossConfig, advantages, forward_reply, td_targets
+from vlmq_core.update import LossConfig, advantages, forward_reply
 
 
 @torch.no_grad()
@@ -25,8 +25,7 @@ def token_views(
     batch = build_batch(policy, transitions)
     fwd = forward_reply(policy, batch, with_critic=True)
     q_taken = fwd.q.gather(1, batch.tokens[:, None]).squeeze(1)  # (N,)
-    y = td_targets(policy, batch, fwd, loss) if loss.advantage == "td" else q_taken
-    adv = advantages(policy, fwd, fwd.q, q_taken, y, loss)  # (N,)
+    adv = advantages(policy, batch, fwd, fwd.q, q_taken, loss)  # (N,)
     keep = losses.advantage_filter(adv, beta)
     q_un = policy.popart.denormalize(q_taken.float())
     v_un = policy.popart.denormalize(losses.expected_value(fwd.logits, fwd.q))
@@ -66,7 +65,7 @@ def filter_summary(
     - ``filter/kept_action_good`` / ``filter/kept_action_bad``: the action token (the last one before the stop
       token) of valid replies whose turn reward is >= 0 / < 0 (a good filter keeps the first, drops the second);
     - ``filter/kept_invalid``: tokens of invalid replies.
-    NaN where a group is empty.
+    NaN where a group is empty. ``loss`` picks the advantage the filter reads (``LossConfig.advantage``).
     """
     groups: dict[str, list[bool]] = {k: [] for k in ("all", "format", "action_good", "action_bad", "invalid")}
     for start in range(0, len(transitions), chunk):

@@ -55,7 +55,7 @@ def td_advantages(y: torch.Tensor, logits: torch.Tensor, q: torch.Tensor) -> tor
     learned ``Q(h, a)`` per state; noisier under stochastic transitions. No gradient.
     y: (N,) normalised targets; logits, q: (N, V) -> (N,).
     """
-    return y.detach().float() - expected_value(logits, q.detach())
+    return advantages(y, logits, q)
 
 
 def td_target(rewards: torch.Tensor, dones: torch.Tensor, next_v: torch.Tensor, gamma: float) -> torch.Tensor:

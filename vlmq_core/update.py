@@ -132,11 +132,19 @@ def td_targets(policy: Policy, batch: TokenBatch, fwd: Forward, cfg: LossConfig)
 
 
 def advantages(
-    policy: Policy, fwd: Forward, q: torch.Tensor, q_taken: torch.Tensor, y: torch.Tensor, cfg: LossConfig
+    policy: Policy,
+    batch: TokenBatch,
+    fwd: Forward,
+    q: torch.Tensor,
+    q_taken: torch.Tensor,
+    cfg: LossConfig,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The filter's advantage of each taken token, PopArt-normalised, no gradient: ``Q(h, a) - V(h)`` (Eq. 5) or,
-    with ``cfg.advantage == "td"``, ``normalise(y) - V(h)``. q: (N, V) normalised; q_taken, y: (N,) -> (N,)."""
+    with ``cfg.advantage == "td"``, ``normalise(y) - V(h)`` (y: the unnormalised targets of :func:`td_targets`,
+    computed here when not given). q: (N, V) normalised; q_taken: (N,) -> (N,)."""
     if cfg.advantage == "td":
+        y = td_targets(policy, batch, fwd, cfg) if y is None else y
         return losses.td_advantages(policy.popart.normalize(y.float()), fwd.logits, q)
     return losses.advantages(q_taken, fwd.logits, q)
 
@@ -164,7 +172,7 @@ def compute_loss(
     critic_loss, s_critic = losses.critic_loss(q_taken, policy.popart.normalize(y))
 
     ## Actor loss (Eq. 3 / 4-5 / max-Q) ##
-    adv = advantages(policy, fwd, q, q_taken, y, cfg)  # (N,)
+    adv = advantages(policy, batch, fwd, q, q_taken, cfg, y)  # (N,)
     if cfg.actor == "maxq":
         actor_loss, s_actor = losses.maxq_loss(fwd.logits, q)
     else:

@@ -21,15 +21,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from vlmq_core.buffer import TurnBuffer
+from vlmq_core.collect import CollectConfig, evaluate
+from vlmq_core.inspect import filter_summary
+from vlmq_core.model import PolicyConfig, load_policy
+from vlmq_core.trainer import TrainConfig, Trainer
+from vlmq_core.update import LossConfig
+
 sys.path.insert(0, str(Path(__file__).parent))
 from numberline_probe import decision  # noqa: E402
-
-from vlmq_core.buffer import TurnBuffer  # noqa: E402
-from vlmq_core.collect import CollectConfig, evaluate  # noqa: E402
-from vlmq_core.inspect import filter_summary  # noqa: E402
-from vlmq_core.model import PolicyConfig, load_policy  # noqa: E402
-from vlmq_core.trainer import TrainConfig, Trainer  # noqa: E402
-from vlmq_core.update import LossConfig  # noqa: E402
 
 args = dict(a.split("=", 1) for a in sys.argv[2:])
 t0 = time.time()
