@@ -75,6 +75,11 @@ class CriticHead(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h)
 
+    def taken(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Only the rows of given tokens: ``Q(h_i, tokens_i)``, (N, d), (N,) -> (N,), without the |V|-wide layer."""
+        z = self.net[:-1](h)  # (N, hidden)
+        return (z * self.last.weight[tokens]).sum(-1) + self.last.bias[tokens]
+
 
 @torch.no_grad()
 def init_constant(head: CriticHead, value_normalised: float) -> None:

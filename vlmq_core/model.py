@@ -247,6 +247,10 @@ class Policy(nn.Module):
         head = self.target_critic if target else self.critic
         return head(self.whiten(h.to(head.last.weight.dtype)))
 
+    def q_taken(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Normalised ``Q(h_i, tokens_i)`` of the online critic only for the given tokens: (N, d), (N,) -> (N,)."""
+        return self.critic.taken(self.whiten(h.to(self.critic.last.weight.dtype)), tokens)
+
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """``{"lora": [...], "critic": [...]}``: the only parameters an optimiser sees."""
         lora = [p for n, p in self.model.named_parameters() if p.requires_grad]

@@ -16,7 +16,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from vlmq_core.buffer import TurnBuffer
 from vlmq_core.critic import ema_update
 from vlmq_core.losses import beta_schedule
 from vlmq_core.model import Policy
+from vlmq_core.replay import CriticReplay, CriticReplayConfig, critic_replay_loss
 from vlmq_core.tokens import build_batch
 from vlmq_core.update import LossConfig, compute_loss, reply_hidden
 
@@ -61,6 +62,9 @@ class TrainConfig:
     """Write a checkpoint every this many updates (and at the end); 0 only at the end."""
     run_dir: str | None = None
     """Folder for checkpoints and metrics.jsonl; a run found there is resumed. None keeps nothing on disk."""
+    critic_replay: CriticReplayConfig = field(default_factory=CriticReplayConfig)
+    """Extra critic-only steps per update on the last updates' hidden states and targets (``vlmq_core.replay``;
+    ours). The default, none, is the paper's schedule."""
 
 
 def _make_optimizer(params: dict[str, list], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -108,6 +112,8 @@ class Trainer:
         )
         self.rng = np.random.default_rng(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
+        rcfg = self.cfg.critic_replay
+        self.replay = CriticReplay(rcfg.window) if rcfg.steps and self.loss_cfg.uses_critic else None
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.run_dir = Path(self.cfg.run_dir) if self.cfg.run_dir else None
@@ -129,10 +135,12 @@ class Trainer:
         )
         use_bf16 = cfg.bf16 and policy.device.type == "cuda"
         sums: dict[str, float] = {}
+        if self.replay is not None:
+            self.replay.begin_update()
         for _ in range(cfg.grad_accum):
             batch = build_batch(policy, self.buffer.sample(cfg.batch_size, self.rng))
             with torch.autocast(device_type=policy.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, stats = compute_loss(policy, batch, self.loss_cfg, beta)
+                loss, stats = compute_loss(policy, batch, self.loss_cfg, beta, self.replay)
             (loss / cfg.grad_accum).backward()
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
@@ -140,6 +148,8 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.replay is not None:
+            sums |= self._critic_replay_steps(use_bf16)
         if self.loss_cfg.uses_critic:
             ema_update(policy.target_critic, policy.critic, policy.cfg.critic.tau)
         self.step += 1
@@ -155,6 +165,23 @@ class Trainer:
             "train/lr_critic": lrs[1],
             "time/update_s": time.perf_counter() - t0,
         }
+
+    def _critic_replay_steps(self, use_bf16: bool) -> dict[str, float]:
+        """``critic_replay.steps`` critic-only optimizer steps on the replay (the LoRA group has no gradient and
+        is skipped by the optimizer). Returns their mean loss."""
+        policy, rcfg = self.policy, self.cfg.critic_replay
+        critic_params = list(policy.critic.parameters())
+        total = 0.0
+        for _ in range(rcfg.steps):
+            h, tokens, y = self.replay.sample(rcfg.batch_turns, self.rng)
+            with torch.autocast(device_type=policy.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss, _ = critic_replay_loss(policy, h, tokens, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(critic_params, self.cfg.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            total += loss.item()
+        return {"critic/replay_loss": total / rcfg.steps}
 
     @torch.no_grad()
     def calibrate_critic_inputs(self, progress: bool = True) -> int:
@@ -224,6 +251,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "train_config": asdict(self.cfg),
             "loss_config": asdict(self.loss_cfg),
+            "critic_replay": self.replay.state_dict() if self.replay is not None else None,
         }
         torch.save(state, tmp / "trainer.pt")
         if final.exists():
@@ -248,6 +276,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
+        if self.replay is not None and state.get("critic_replay") is not None:
+            self.replay.load_state_dict(state["critic_replay"])
         self.step = int(state["step"])
         self.history = load_history(self.run_dir, up_to=self.step)
         tmp = self.run_dir / "metrics.jsonl.tmp"

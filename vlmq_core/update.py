@@ -24,6 +24,7 @@ import torch
 
 from vlmq_core import losses
 from vlmq_core.model import Policy
+from vlmq_core.replay import CriticReplay
 from vlmq_core.tokens import TokenBatch
 
 
@@ -150,9 +151,10 @@ def advantages(
 
 
 def compute_loss(
-    policy: Policy, batch: TokenBatch, cfg: LossConfig, beta: float
+    policy: Policy, batch: TokenBatch, cfg: LossConfig, beta: float, replay: CriticReplay | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. 7 for one minibatch. Returns the scalar loss and namespaced statistics."""
+    """Eq. 7 for one minibatch. Returns the scalar loss and namespaced statistics. With ``replay`` the reply
+    hidden states and their targets are also stored for critic-only steps (``vlmq_core.replay``)."""
     stats: dict[str, float] = {"train/reply_tokens": float(batch.num_tokens), "train/beta": beta}
     if not cfg.uses_critic:
         fwd = forward_reply(policy, batch, with_critic=False)
@@ -165,6 +167,8 @@ def compute_loss(
     policy.popart.update(y, [policy.critic, policy.target_critic])
     if policy.cfg.critic.whiten_every:  # running input statistics, only read by the trainer's refreshes
         policy.whiten.observe(fwd.h)
+    if replay is not None:
+        replay.add(fwd.h, batch.tokens, y, batch.turn_idx)
 
     ## Critic loss (after PopArt rescaled the heads) ##
     q = policy.q_values(fwd.h)  # (N, V) normalised

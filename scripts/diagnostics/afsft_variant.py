@@ -9,7 +9,8 @@ the README's tables of critic variants.
 
 Options: ``whiten`` (1/0), ``we`` whiten_every, ``wb`` whiten_beta, ``tau``, ``steps``, ``fs`` filter start,
 ``n`` td_steps (n-step targets inside a reply), ``adv`` the filter's advantage (``q``: Eq. 5, ``td``),
-``eval`` episodes, ``probe`` (every this many updates print ``numberline_probe.decision``; 0: never) and
+``replay`` critic-only steps per update (``vlmq_core.replay``; ``rbt`` turns each, default 32), ``eval``
+episodes, ``probe`` (every this many updates print ``numberline_probe.decision``; 0: never) and
 ``oracle=1``: instead of AFSFT, plain SFT on the dataset's good moves only (valid replies with reward >= 0),
 the filter a perfect critic would give; it shows how fast the actor can learn the decision.
 """
@@ -25,6 +26,7 @@ from vlmq_core.buffer import TurnBuffer
 from vlmq_core.collect import CollectConfig, evaluate
 from vlmq_core.inspect import filter_summary
 from vlmq_core.model import PolicyConfig, load_policy
+from vlmq_core.replay import CriticReplayConfig
 from vlmq_core.trainer import TrainConfig, Trainer
 from vlmq_core.update import LossConfig
 
@@ -61,6 +63,7 @@ cfg = TrainConfig(
     warmup_critic=10,
     seed=0,
     checkpoint_every=0,
+    critic_replay=CriticReplayConfig(steps=int(args.get("replay", 0)), batch_turns=int(args.get("rbt", 32))),
 )
 loss = LossConfig(
     actor="sft" if oracle else "afsft",

@@ -1,7 +1,9 @@
-"""Diagnostic (README "Why 100 updates cannot learn the decision"): cache an SFT checkpoint's reply-position
-hidden states and log-probs over a dataset, for fast critic-only experiments.
+"""Diagnostic (README findings 2 and 7): cache a policy's reply-position hidden states and log-probs over a
+dataset, for fast critic-only experiments. The policy is the run's SFT checkpoint, another checkpoint folder
+given as a third argument, or ``base`` (the embedded model with zero LoRA).
 
-    python scripts/diagnostics/cache_features.py runs/03_offline_afsft /tmp/features.pt   # ~5 min on 2 CPU cores
+    python scripts/diagnostics/cache_features.py runs/03_offline_afsft /tmp/features.pt         # SFT checkpoint
+    python scripts/diagnostics/cache_features.py runs/03_offline_afsft /tmp/base.pt base        # 2-5 min here
 """
 
 import sys
@@ -17,7 +19,9 @@ from vlmq_core.update import forward_reply
 run, out_path = sys.argv[1], sys.argv[2]
 start = time.time()
 policy = load_policy()
-policy.load(f"{run}/sft/checkpoint")
+checkpoint = sys.argv[3] if len(sys.argv) > 3 else f"{run}/sft/checkpoint"
+if checkpoint != "base":
+    policy.load(checkpoint)
 policy.eval()
 pairs = TurnBuffer(f"{run}/data").transitions()
 rows = []
