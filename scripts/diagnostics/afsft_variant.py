@@ -8,7 +8,8 @@ the README's tables of critic variants.
     python scripts/diagnostics/afsft_variant.py runs/03_offline_afsft/data whiten=1 n=32 steps=300 eval=30
 
 Options: ``whiten`` (1/0), ``we`` whiten_every, ``wb`` whiten_beta, ``tau``, ``steps``, ``fs`` filter start,
-``n`` td_steps (n-step targets inside a reply), ``adv`` the filter's advantage (``q``: Eq. 5, ``td``),
+``n`` td_steps (n-step targets inside a reply), ``beta`` the filter threshold after the start (PopArt units,
+default 0), ``adv`` the filter's advantage (``q``: Eq. 5, ``td``),
 ``replay`` critic-only steps per update (``vlmq_core.replay``; ``rbt`` turns each, default 32), ``eval``
 episodes, ``probe`` (every this many updates print ``numberline_probe.decision``; 0: never) and
 ``oracle=1``: instead of AFSFT, plain SFT on the dataset's good moves only (valid replies with reward >= 0),
@@ -71,6 +72,7 @@ loss = LossConfig(
     filter_start_step=int(args.get("fs", 20)),
     td_steps=int(args.get("n", 1)),
     advantage=args.get("adv", "q"),
+    beta=float(args.get("beta", 0.0)),
 )
 base_prompt = buffer.turns[0].prompt
 
