@@ -121,3 +121,14 @@ def embedded_policy() -> Policy:
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(scope="module")
+def buffer(tmp_path_factory):
+    """A TurnBuffer of 8 random-action NumberLine episodes (text only), for trainer tests."""
+    from vlmq_core.buffer import TurnBuffer
+    from vlmq_core.collect import CollectConfig, collect
+
+    buf = TurnBuffer(tmp_path_factory.mktemp("data"))
+    collect(None, CollectConfig(strategy="random", num_envs=4, use_images=False), 8, buffer=buf, progress=False)
+    return buf

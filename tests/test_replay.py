@@ -6,26 +6,17 @@ import numpy as np
 import pytest
 import torch
 
+from tests import conftest
 from vlmq_core import losses
-from vlmq_core.buffer import TurnBuffer
-from vlmq_core.collect import CollectConfig, collect
-from vlmq_core.model import Policy, PolicyConfig
+from vlmq_core.model import Policy
 from vlmq_core.replay import CriticReplay, CriticReplayConfig, critic_replay_loss
-from vlmq_core.tiny import tiny_llama
 from vlmq_core.trainer import TrainConfig, Trainer
+from vlmq_core.update import LossConfig
 
 
 def make_policy() -> Policy:
-    model, tok = tiny_llama(seed=0)
-    torch.manual_seed(0)
-    return Policy(model, tok, False, PolicyConfig())
-
-
-@pytest.fixture(scope="module")
-def buffer(tmp_path_factory):
-    buf = TurnBuffer(tmp_path_factory.mktemp("data"))
-    collect(None, CollectConfig(strategy="random", num_envs=4, use_images=False), 8, buffer=buf, progress=False)
-    return buf
+    torch.manual_seed(0)  # the same critic init in every policy of a test (resume comparisons)
+    return conftest.make_policy("llama")
 
 
 def cfg(run_dir=None, steps=4, replay_steps=3) -> TrainConfig:
@@ -96,8 +87,6 @@ def test_replay_steps_train_only_the_critic_and_lower_its_loss(buffer):
 
 
 def test_sft_without_critic_has_no_replay(buffer):
-    from vlmq_core.update import LossConfig
-
     trainer = Trainer(make_policy(), buffer, cfg(), LossConfig(actor="sft", critic_weight=0.0))
     assert trainer.replay is None and "critic/replay_loss" not in trainer.train_step()
 

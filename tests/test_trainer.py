@@ -20,13 +20,6 @@ def make_policy(cfg: PolicyConfig | None = None) -> Policy:
     return Policy(model, tok, False, cfg or PolicyConfig())
 
 
-@pytest.fixture(scope="module")
-def buffer(tmp_path_factory):
-    buf = TurnBuffer(tmp_path_factory.mktemp("data"))
-    collect(None, CollectConfig(strategy="random", num_envs=4, use_images=False), 8, buffer=buf, progress=False)
-    return buf
-
-
 def cfg(run_dir=None, steps=4, **kw) -> TrainConfig:
     base = {"steps": steps, "batch_size": 2, "grad_accum": 2, "lr_lora": 1e-3, "warmup_lora": 2, "warmup_critic": 2}
     return TrainConfig(**{**base, "run_dir": str(run_dir) if run_dir else None, "checkpoint_every": 2, **kw})

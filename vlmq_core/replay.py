@@ -4,9 +4,9 @@ Why (README finding 7, ``scripts/diagnostics/critic_sample_probe.py``): on Numbe
 thousand turn-samples before ``Q(h, +)`` and ``Q(h, -)`` are ordered per state at the decision token, while
 the actor learns the decision from a correct filter in ~100 updates of 8 turns. Every update already computes
 the reply hidden states h and their Eq. 6 targets y; :class:`CriticReplay` keeps those of the last
-``window`` updates (detached), and :func:`critic_replay_step` regresses the critic head on a sample of them,
-``L = mean (Q_phi(h, a) - normalise(y))^2`` (Eq. 6 on stored data), computing only the taken tokens' rows of
-the head. The backbone and the actor are untouched by these steps.
+``window`` updates (detached), and the trainer's critic-only steps regress the critic head on a sample of
+them with :func:`critic_replay_loss`, ``L = mean (Q_phi(h, a) - normalise(y))^2`` (Eq. 6 on stored data),
+computing only the taken tokens' rows of the head. The backbone and the actor are untouched by these steps.
 
 Approximations, both small at the defaults: h comes from the LoRA weights of the update that stored it,
 and y from that update's target critic (which moves by ``tau`` per update). Targets are stored
