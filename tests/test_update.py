@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from tests.conftest import make_policy, randomize_lora, transitions
 from vlmq_core import losses
 from vlmq_core.inspect import token_views
+from vlmq_core.model import Policy
 from vlmq_core.tokens import build_batch
 from vlmq_core.update import LossConfig, compute_loss, forward_reply, next_state_values
 
@@ -208,6 +210,37 @@ def test_critic_loss_reaches_lora(text_turns):
     assert all(g.abs().sum() > 0 for g in grads.values())
 
 
+def test_critic_trains_backbone_false_stops_the_critic_gradient_at_h(text_turns):
+    """``critic_trains_backbone=False``: LoRA gets exactly the actor's gradient (none when the filter drops
+    every token), while the critic head's gradient is the same as with the paper's Eq. 7."""
+    policy = make_policy("llama")
+    randomize_lora(policy)
+    policy.eval()
+    batch = build_batch(policy, transitions(text_turns))
+    modules = (policy.critic, policy.target_critic, policy.popart)
+    start = [copy.deepcopy(m.state_dict()) for m in modules]
+
+    def grads(cfg: LossConfig, beta: float):  # every call from the same critic and PopArt state
+        for m, s in zip(modules, start, strict=True):
+            m.load_state_dict(s)
+        g_lora, _ = lora_grads(policy, batch, cfg, beta)
+        return g_lora, [p.grad.clone() for p in policy.critic.parameters()]
+
+    cut = LossConfig(actor="afsft", critic_weight=1.0, critic_trains_backbone=False)
+    g_cut, c_cut = grads(cut, math.inf)
+    assert all(g.abs().max() == 0 for g in g_cut.values())  # no actor term and no critic path to LoRA
+    g_paper, c_paper = grads(LossConfig(actor="afsft", critic_weight=1.0), math.inf)
+    assert all(g.abs().sum() > 0 for g in g_paper.values())
+    for a, b in zip(c_cut, c_paper, strict=True):  # the critic head learns the same either way
+        torch.testing.assert_close(a, b)
+    # with the filter at 0 the LoRA gradient is the actor's alone: the same as with the critic term weighted 0
+    g_actor, _ = grads(cut, 0.0)
+    g_no_critic, _ = grads(LossConfig(actor="afsft", critic_weight=0.0), 0.0)
+    assert any(g.abs().sum() > 0 for g in g_actor.values())
+    for n in g_actor:
+        torch.testing.assert_close(g_actor[n], g_no_critic[n], atol=1e-6, rtol=1e-5)
+
+
 def test_nstep_targets_in_the_step(text_turns):
     """``td_steps`` above the longest reply: every reply token's target is its turn's stop-token target,
     discounted by its distance to it (seen through the mean target the step logs); 1 is Eq. 6."""
@@ -235,18 +268,29 @@ def test_nstep_targets_in_the_step(text_turns):
 
 
 def test_td_advantage_is_target_minus_value(text_turns):
-    """``advantage="td"``: the filter reads normalise(y) - V(h), y the taken token's Eq. 6 target, instead of
-    Q(h, a) - V(h); checked against a manual computation, and in a training step's kept fraction."""
-    policy = make_policy("llama")
-    policy.eval()
+    """``advantage="td"``: the filter reads normalise(y) - V_bar(h), y the taken token's Eq. 6 target and V_bar
+    the target critic's value, instead of Q(h, a) - V(h); checked against a manual computation, and in a
+    training step's kept fraction."""
+
+    def make() -> Policy:  # a target critic that differs from the online one
+        p = make_policy("llama")
+        p.eval()
+        bias = p.target_critic.last.bias
+        with torch.no_grad():
+            bias.add_(0.5 + torch.randn(bias.shape, generator=torch.Generator().manual_seed(1)))
+        return p
+
+    policy = make()
     trans = transitions(text_turns)
     batch = build_batch(policy, trans)
     with torch.no_grad():
         fwd = forward_reply(policy, batch, with_critic=True)
         y = losses.td_target(batch.token_rewards(), batch.token_dones(), next_state_values(policy, batch, fwd), 0.995)
         v = losses.expected_value(fwd.logits, fwd.q)
+        v_bar = losses.expected_value(fwd.logits, policy.q_values(fwd.h, target=True))
         q_taken = fwd.q.gather(1, batch.tokens[:, None]).squeeze(1)
-    expected = {"td": policy.popart.normalize(y) - v, "q": q_taken - v}
+    assert not torch.allclose(v, v_bar, atol=1e-3)
+    expected = {"td": policy.popart.normalize(y) - v_bar, "q": q_taken - v}
     for kind, want in expected.items():
         views = token_views(policy, trans, loss=LossConfig(advantage=kind))
         got = torch.tensor([a for view in views for a in view.advantage])
@@ -254,14 +298,12 @@ def test_td_advantage_is_target_minus_value(text_turns):
     assert not torch.allclose(expected["td"], expected["q"], atol=1e-3)
     # in a step: PopArt moves first, then the filter keeps exactly the tokens with normalise(y) - V >= beta
     beta = float(expected["td"].median())
-    p = make_policy("llama")
-    p.eval()
+    p = make()
     with torch.no_grad():
         p.popart.update(y, [p.critic, p.target_critic])
-        q = p.q_values(p.hidden(batch.inputs).flatten(0, 1)[batch.pred_pos])
+        q = p.q_values(p.hidden(batch.inputs).flatten(0, 1)[batch.pred_pos], target=True)
         adv = p.popart.normalize(y) - losses.expected_value(fwd.logits, q)
-    p = make_policy("llama")
-    p.eval()
+    p = make()
     _, stats = compute_loss(p, batch, LossConfig(advantage="td"), beta=beta)
     assert stats["actor/kept_frac"] == pytest.approx((adv >= beta).float().mean().item())
     assert 0.0 < stats["actor/kept_frac"] < 1.0

@@ -52,7 +52,9 @@ def td_advantages(y: torch.Tensor, logits: torch.Tensor, q: torch.Tensor) -> tor
     ``y = r + gamma V_bar(h')`` (Eq. 6, or its n-step form) is what ``Q(h, a)`` is regressed on, so this is the
     one-step-lookahead estimate of the same advantage, defined only for tokens taken in the data (where h' is
     known). It separates moves as soon as the reward or the next state's value does, before the critic has
-    learned ``Q(h, a)`` per state; noisier under stochastic transitions. No gradient.
+    learned ``Q(h, a)`` per state; noisier under stochastic transitions. No gradient. ``update.advantages`` passes
+    the *target* critic's q, the one y bootstraps from, so ``A`` is that critic's TD error: with the online
+    critic's V, the target's lag (1/tau updates, from a pessimistic init) would bias every y below V(h).
     y: (N,) normalised targets; logits, q: (N, V) -> (N,).
     """
     return advantages(y, logits, q)

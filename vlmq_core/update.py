@@ -11,9 +11,10 @@ Pseudo-code of :func:`compute_loss` (METHOD.md)::
     Q(h)   = critic((h - m) W)                                     # optional input whitening (ours)
     L_Q    = mean (Q(h, a) - normalise(y))^2                        # Eq. 6
     A      = Q(h, a) - sum_a pi(a|h) Q(h, a)                        # advantage, no gradient (Eq. 5)
-           | normalise(y) - sum_a pi(a|h) Q(h, a)                   # advantage = "td" (ours)
+           | normalise(y) - sum_a pi(a|h) Q_bar(h, a)               # advantage = "td" (ours)
     L_act  = - sum 1[A >= beta] log pi(a|h) / N                     # Eq. 4-5 (beta = -inf: Eq. 3)
-    L      = L_act + lambda L_Q                                     # Eq. 7
+    L      = L_act + lambda L_Q                                     # Eq. 7 (critic_trains_backbone=False:
+                                                                   #   L_Q sees stopgrad(h), ours)
 """
 
 from __future__ import annotations
@@ -51,8 +52,13 @@ class LossConfig:
     Eq. 6; a value above the longest reply gives every reply token the turn's target (r_t + the next turn)."""
 
     advantage: str = "q"
-    """Advantage the filter reads: ``q`` is the paper's ``Q(h, a) - V(h)`` (Eq. 5); ``td`` is ``y - V(h)`` with y
-    the taken token's (n-step) TD target (``losses.td_advantages``; ours, see docs/PAPER_MAP.md)."""
+    """Advantage the filter reads: ``q`` is the paper's ``Q(h, a) - V(h)`` (Eq. 5); ``td`` is ``y - V_bar(h)`` with
+    y the taken token's (n-step) TD target and V_bar the target critic's value, the TD error of the target critic
+    (``losses.td_advantages``; ours, see docs/PAPER_MAP.md)."""
+    critic_trains_backbone: bool = True
+    """Eq. 7 as in the paper: the critic loss's gradient reaches LoRA as well as the critic head. False stops it
+    at the hidden states (the critic head reads ``h.detach()``), so LoRA learns from the actor loss alone (ours,
+    README finding 8)."""
 
     def __post_init__(self) -> None:
         if self.advantage not in ("q", "td"):
@@ -142,11 +148,14 @@ def advantages(
     y: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The filter's advantage of each taken token, PopArt-normalised, no gradient: ``Q(h, a) - V(h)`` (Eq. 5) or,
-    with ``cfg.advantage == "td"``, ``normalise(y) - V(h)`` (y: the unnormalised targets of :func:`td_targets`,
-    computed here when not given). q: (N, V) normalised; q_taken: (N,) -> (N,)."""
-    if cfg.advantage == "td":
+    with ``cfg.advantage == "td"``, ``normalise(y) - V_bar(h)`` (y: the unnormalised targets of :func:`td_targets`,
+    computed here when not given; V_bar from the target critic, like y's bootstrap).
+    q: (N, V) normalised; q_taken: (N,) -> (N,)."""
+    if cfg.advantage == "td":  # y and V both from the target critic: its lag cancels (PAPER_MAP)
         y = td_targets(policy, batch, fwd, cfg) if y is None else y
-        return losses.td_advantages(policy.popart.normalize(y.float()), fwd.logits, q)
+        with torch.no_grad():
+            q_bar = policy.q_values(fwd.h, target=True).float()  # (N, V) normalised
+        return losses.td_advantages(policy.popart.normalize(y.float()), fwd.logits, q_bar)
     return losses.advantages(q_taken, fwd.logits, q)
 
 
@@ -171,7 +180,7 @@ def compute_loss(
         replay.add(fwd.h, batch.tokens, y, batch.turn_idx)
 
     ## Critic loss (after PopArt rescaled the heads) ##
-    q = policy.q_values(fwd.h)  # (N, V) normalised
+    q = policy.q_values(fwd.h if cfg.critic_trains_backbone else fwd.h.detach())  # (N, V) normalised
     q_taken = q.gather(1, batch.tokens[:, None]).squeeze(1)  # (N,)
     critic_loss, s_critic = losses.critic_loss(q_taken, policy.popart.normalize(y))
 

@@ -9,9 +9,11 @@ the README's tables of critic variants.
 
 Options: ``whiten`` (1/0), ``we`` whiten_every, ``wb`` whiten_beta, ``tau``, ``steps``, ``fs`` filter start,
 ``n`` td_steps (n-step targets inside a reply), ``beta`` the filter threshold after the start (PopArt units,
-default 0), ``adv`` the filter's advantage (``q``: Eq. 5, ``td``),
-``replay`` critic-only steps per update (``vlmq_core.replay``; ``rbt`` turns each, default 32), ``eval``
-episodes, ``probe`` (every this many updates print ``numberline_probe.decision``; 0: never) and
+default 0), ``adv`` the filter's advantage (``q``: Eq. 5, ``td``), ``cgrad=0`` (the critic loss does not reach
+LoRA: ``LossConfig.critic_trains_backbone``), ``replay`` critic-only steps per update (``vlmq_core.replay``;
+``rbt`` turns each, default 32; ``win`` the window in updates, default 16), ``lr`` / ``lrc`` the LoRA / critic
+learning rates (default 3e-4 / 6e-4), ``eval`` episodes, ``probe`` (every this many updates print
+``numberline_probe.decision``; 0: never) and
 ``oracle=1``: instead of AFSFT, plain SFT on the dataset's good moves only (valid replies with reward >= 0),
 the filter a perfect critic would give; it shows how fast the actor can learn the decision.
 """
@@ -58,13 +60,15 @@ cfg = TrainConfig(
     steps=int(args.get("steps", 100)),
     batch_size=8,
     grad_accum=1,
-    lr_lora=3e-4,
-    lr_critic=6e-4,
+    lr_lora=float(args.get("lr", 3e-4)),
+    lr_critic=float(args.get("lrc", 6e-4)),
     warmup_lora=10,
     warmup_critic=10,
     seed=0,
     checkpoint_every=0,
-    critic_replay=CriticReplayConfig(steps=int(args.get("replay", 0)), batch_turns=int(args.get("rbt", 32))),
+    critic_replay=CriticReplayConfig(
+        steps=int(args.get("replay", 0)), batch_turns=int(args.get("rbt", 32)), window=int(args.get("win", 16))
+    ),
 )
 loss = LossConfig(
     actor="sft" if oracle else "afsft",
@@ -73,6 +77,7 @@ loss = LossConfig(
     td_steps=int(args.get("n", 1)),
     advantage=args.get("adv", "q"),
     beta=float(args.get("beta", 0.0)),
+    critic_trains_backbone=args.get("cgrad", "1") == "1",
 )
 base_prompt = buffer.turns[0].prompt
 
