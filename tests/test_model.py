@@ -10,11 +10,13 @@ import torch
 from tests.conftest import make_policy, randomize_lora
 from vlmq_core.critic import CriticConfig
 from vlmq_core.model import (
+    LoRAConfig,
     ModelConfig,
     ModelLoadError,
     Policy,
     PolicyConfig,
     load_backbone,
+    load_checkpoint,
     load_policy,
 )
 from vlmq_core.tiny import save_tiny, tiny_idefics3, tiny_llama, tiny_llava
@@ -170,6 +172,32 @@ def test_whitened_checkpoint_into_an_unwhitened_policy_raises(tmp_path):
     src.save(tmp_path / "ckpt")
     with pytest.raises(ValueError, match="whiten=True"):
         make_policy("llama").load(tmp_path / "ckpt")
+
+
+def test_load_checkpoint_rebuilds_the_saved_policy(tmp_path, tiny_folders):
+    cfg = PolicyConfig(
+        model=ModelConfig(name=tiny_folders["llama"], device="cpu"),
+        lora=LoRAConfig(r=4, alpha=8),
+        critic=CriticConfig(whiten=True, hidden=24, init_q=-3.0),
+    )
+    src = load_policy(cfg)
+    perturb(src, seed=5)
+    src.save(tmp_path / "run" / "checkpoint")
+    want = outputs(src, "llama")
+    for folder in (tmp_path / "run" / "checkpoint", tmp_path / "run"):  # the folder, or a trainer's run_dir
+        got_policy = load_checkpoint(folder, device="cpu")
+        assert got_policy.cfg == cfg and got_policy.name == tiny_folders["llama"]
+        for a, b in zip(outputs(got_policy, "llama"), want, strict=True):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_load_checkpoint_bad_folder_raises(tmp_path, llama_policy):
+    with pytest.raises(FileNotFoundError, match="policy.json is missing"):
+        load_checkpoint(tmp_path)
+    llama_policy.save(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "policy.json").write_text('{"config": {"model": {"nmae": "x"}}}')
+    with pytest.raises(ValueError, match="not a valid policy description"):
+        load_checkpoint(tmp_path / "ckpt")
 
 
 def test_load_incomplete_checkpoint_raises(tmp_path, llama_policy):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -385,3 +385,33 @@ def load_policy(cfg: PolicyConfig | None = None) -> Policy:
     model, processor, is_vlm = load_backbone(cfg.model)
     name = EMBEDDED_NAME if cfg.model.name == EMBEDDED else cfg.model.name
     return Policy(model, processor, is_vlm, cfg, name=name)
+
+
+def load_checkpoint(folder: str | os.PathLike, device: str | None = None) -> Policy:
+    """Rebuild a saved policy: the model and configs from ``policy.json``, then its adapters and critic.
+
+    ``folder`` is what :meth:`Policy.save` wrote, or a trainer's ``run_dir`` (its newest ``checkpoint``).
+    ``device`` overrides the saved ``ModelConfig.device`` (e.g. evaluate a GPU run on a CPU).
+    """
+    folder = Path(folder)
+    if not (folder / "policy.json").is_file() and (folder / "checkpoint" / "policy.json").is_file():
+        folder = folder / "checkpoint"
+    meta = folder / "policy.json"
+    if not meta.is_file():
+        raise FileNotFoundError(
+            f"{meta} is missing: {folder} is not a vlmq policy checkpoint (Policy.save or a Trainer's run_dir)."
+        )
+    try:
+        saved = json.loads(meta.read_text())["config"]
+        cfg = PolicyConfig(
+            model=ModelConfig(**saved["model"]),
+            lora=LoRAConfig(**saved["lora"]),
+            critic=CriticConfig(**saved["critic"]),
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{meta} is not a valid policy description ({e!r}); save the policy again.") from e
+    if device is not None:
+        cfg = replace(cfg, model=replace(cfg.model, device=device))
+    policy = load_policy(cfg)
+    policy.load(folder)
+    return policy

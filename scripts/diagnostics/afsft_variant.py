@@ -12,7 +12,8 @@ Options: ``whiten`` (1/0), ``we`` whiten_every, ``wb`` whiten_beta, ``tau``, ``s
 default 0), ``adv`` the filter's advantage (``q``: Eq. 5, ``td``), ``cgrad=0`` (the critic loss does not reach
 LoRA: ``LossConfig.critic_trains_backbone``), ``replay`` critic-only steps per update (``vlmq_core.replay``;
 ``rbt`` turns each, default 32; ``win`` the window in updates, default 16), ``lr`` / ``lrc`` the LoRA / critic
-learning rates (default 3e-4 / 6e-4), ``eval`` episodes, ``probe`` (every this many updates print
+learning rates (default 3e-4 / 6e-4), ``seed`` the trainer's seed (minibatch draws, LoRA dropout; default 0, the
+notebook's), ``eval`` episodes, ``probe`` (every this many updates print
 ``numberline_probe.decision``; 0: never) and
 ``oracle=1``: instead of AFSFT, plain SFT on the dataset's good moves only (valid replies with reward >= 0),
 the filter a perfect critic would give; it shows how fast the actor can learn the decision.
@@ -64,7 +65,7 @@ cfg = TrainConfig(
     lr_critic=float(args.get("lrc", 6e-4)),
     warmup_lora=10,
     warmup_critic=10,
-    seed=0,
+    seed=int(args.get("seed", 0)),
     checkpoint_every=0,
     critic_replay=CriticReplayConfig(
         steps=int(args.get("replay", 0)), batch_turns=int(args.get("rbt", 32)), window=int(args.get("win", 16))
