@@ -144,6 +144,19 @@ def test_token_advantages_colours_follow_mask_and_repeats_stay_distinct():
     assert len(token_advantages(view, beta=-math.inf).layout.shapes) == 0
 
 
+def test_token_hover_shows_the_td_target_when_the_view_has_one():
+    view = _view(["[action]", " +", "<end>"], [0.3, -0.2, 0.1])
+    assert [row[5] for row in token_advantages(view).data[0].customdata] == ["", "", ""]
+    view.td_target = [-1.0, -2.5, 0.25]
+    for fig in (token_advantages(view), token_heatmap([view])):
+        rows = fig.data[0].customdata
+        rows = rows[0] if isinstance(fig.data[0], go.Heatmap) else rows
+        assert [row[5] for row in rows] == ["<br>y -1.000", "<br>y -2.500", "<br>y 0.250"]
+        assert "%{customdata[5]}" in fig.data[0].hovertemplate
+    with pytest.raises(ValueError, match="td_target"):
+        TokenView(["a"], [0.0], [0.0], [0.0], [0.0], [True], "p", "r", 0.0, td_target=[1.0, 2.0])
+
+
 def test_tokenview_rejects_mismatched_lengths():
     with pytest.raises(ValueError):
         TokenView(["a", "b"], [0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [True, True], "p", "r", 0.0)

@@ -69,3 +69,18 @@ def test_source_notebooks_have_a_parameters_cell_and_no_outputs():
         src = "\n".join("".join(c["source"]) for c in code)
         assert "import vlmq_core" in src or "from vlmq_core" in src
         assert not re.search(r"^class ", src, re.M), f"{path.name} defines a class: move it into vlmq_core"
+
+
+def test_readme_results_match_the_committed_metrics():
+    """The README's results table quotes the committed executed notebook's metrics file, not older numbers."""
+    metrics = json.loads((ROOT / "nbs_outputs" / "03_offline_afsft.metrics.json").read_text())
+    for key in ("task", "model", "hardware", "episodes"):
+        assert metrics[key], key
+    readme = (ROOT / "README.md").read_text()
+    rows = {"base": "| base model, prompted |", "sft": "| SFT (Eq. 3) |", "afsft": "| AFSFT (Eq. 4-7"}
+    for run, start in rows.items():
+        line = next(x for x in readme.splitlines() if x.startswith(start))
+        cells = [c.strip().strip("*") for c in line.strip("|").split("|")[1:4]]
+        want = metrics[run]
+        assert cells[:2] == [f"{want['success']:.0%}", f"{want['valid']:.0%}"], (run, cells)
+        assert float(cells[2]) == round(want["return"], 2), (run, cells)

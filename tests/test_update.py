@@ -291,10 +291,17 @@ def test_td_advantage_is_target_minus_value(text_turns):
         q_taken = fwd.q.gather(1, batch.tokens[:, None]).squeeze(1)
     assert not torch.allclose(v, v_bar, atol=1e-3)
     expected = {"td": policy.popart.normalize(y) - v_bar, "q": q_taken - v}
+    value = {"td": v_bar, "q": v}  # the views show the V each advantage subtracts, and y with "td"
     for kind, want in expected.items():
         views = token_views(policy, trans, loss=LossConfig(advantage=kind))
         got = torch.tensor([a for view in views for a in view.advantage])
         assert torch.allclose(got, want, atol=1e-5), kind
+        shown_v = torch.tensor([x for view in views for x in view.value])
+        assert torch.allclose(shown_v, policy.popart.denormalize(value[kind]), atol=1e-4), kind
+        if kind == "td":
+            assert torch.allclose(torch.tensor([x for view in views for x in view.td_target]), y, atol=1e-5)
+        else:
+            assert all(view.td_target is None for view in views)
     assert not torch.allclose(expected["td"], expected["q"], atol=1e-3)
     # in a step: PopArt moves first, then the filter keeps exactly the tokens with normalise(y) - V >= beta
     beta = float(expected["td"].median())

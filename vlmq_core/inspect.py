@@ -9,7 +9,7 @@ from vlmq_core.model import Policy
 from vlmq_core.plots import TokenView
 from vlmq_core.tokens import build_batch
 from vlmq_core.turns import Turn
-from vlmq_core.update import LossConfig, advantages, forward_reply
+from vlmq_core.update import LossConfig, advantages, forward_reply, td_targets
 
 
 @torch.no_grad()
@@ -17,18 +17,22 @@ def token_views(
     policy: Policy, transitions: list[tuple[Turn, Turn | None]], beta: float = 0.0, loss: LossConfig | None = None
 ) -> list[TokenView]:
     """One :class:`TokenView` per turn: per reply token (stop token last) its advantage (PopArt-normalised, as
-    the filter of `loss` sees it: ``Q - V`` by default, ``y - V`` with ``loss.advantage == "td"``), unnormalised
-    Q(h, a) and V(h), log pi(a|h) and the Eq. 5 mask."""
+    the filter of `loss` sees it: ``Q - V`` by default (Eq. 5), ``normalise(y) - V_bar`` with
+    ``loss.advantage == "td"``), unnormalised Q(h, a), the V(h) that advantage subtracts (the target critic's
+    with ``"td"``), the TD target y (``"td"`` only), log pi(a|h) and the Eq. 4 mask."""
     loss = loss or LossConfig()
     was_training = policy.training
     policy.eval()
     batch = build_batch(policy, transitions)
     fwd = forward_reply(policy, batch, with_critic=True)
     q_taken = fwd.q.gather(1, batch.tokens[:, None]).squeeze(1)  # (N,)
-    adv = advantages(policy, batch, fwd, fwd.q, q_taken, loss)  # (N,)
+    td = loss.advantage == "td"
+    y = td_targets(policy, batch, fwd, loss) if td else None  # (N,) unnormalised
+    adv = advantages(policy, batch, fwd, fwd.q, q_taken, loss, y=y)  # (N,)
     keep = losses.advantage_filter(adv, beta)
     q_un = policy.popart.denormalize(q_taken.float())
-    v_un = policy.popart.denormalize(losses.expected_value(fwd.logits, fwd.q))
+    q_for_v = policy.q_values(fwd.h, target=True) if td else fwd.q  # the critic whose V the filter subtracts
+    v_un = policy.popart.denormalize(losses.expected_value(fwd.logits, q_for_v.float()))
     policy.train(was_training)
     views = []
     for b, (turn, _) in enumerate(transitions):
@@ -41,6 +45,7 @@ def token_views(
                 q_taken=q_un[idx].tolist(),
                 value=v_un[idx].tolist(),
                 logp=fwd.logp[idx].tolist(),
+                td_target=y[idx].tolist() if td else None,
                 kept=keep[idx].tolist(),
                 prompt=turn.prompt,
                 reply=turn.reply,
@@ -58,7 +63,7 @@ def filter_summary(
     chunk: int = 8,
     loss: LossConfig | None = None,
 ) -> dict[str, float]:
-    """What the Eq. 5 filter keeps on `transitions`, split the way that shows whether it helps:
+    """What the AFSFT filter (Eq. 4) keeps on `transitions`, split the way that shows whether it helps:
 
     - ``filter/kept_all``: every reply token;
     - ``filter/kept_format``: tokens of valid replies other than the action token (formatting + stop token);

@@ -49,11 +49,13 @@ class TokenView:
     reply: str
     reward: float
     title: str = ""
+    td_target: list[float] | None = None
+    """The taken token's TD target y (unnormalised) when the filter read ``y - V`` (``LossConfig.advantage``)."""
 
     def __post_init__(self) -> None:
         n = len(self.tokens)
-        for name in ("advantage", "q_taken", "value", "logp", "kept"):
-            if len(getattr(self, name)) != n:
+        for name in ("advantage", "q_taken", "value", "logp", "kept", "td_target"):
+            if getattr(self, name) is not None and len(getattr(self, name)) != n:
                 raise ValueError(f"TokenView.{name} has {len(getattr(self, name))} entries, tokens has {n}")
 
 
@@ -191,18 +193,25 @@ def eval_bars(results: dict[str, dict], keys: Sequence[str] = ("eval/success", "
 ## Per-token critic ##
 
 
+def _hover_rows(view: TokenView) -> list[list[object]]:
+    """Per token: [repr, Q, V, log pi, "kept"/"masked", "<br>y ..." or ""] for the hover templates."""
+    ys = view.td_target if view.td_target is not None else [None] * len(view.tokens)
+    return [
+        [html.escape(repr(t)), q, v, lp, "kept" if k else "masked", "" if y is None else f"<br>y {y:.3f}"]
+        for t, q, v, lp, k, y in zip(view.tokens, view.q_taken, view.value, view.logp, view.kept, ys, strict=True)
+    ]
+
+
 def token_advantages(view: TokenView, beta: float = 0.0) -> go.Figure:
-    """Bars of the advantage A = Q - V of each reply token; green when the filter kept it, red when masked.
+    """Bars of the advantage the filter read for each reply token (``Q - V``, or ``y - V`` with
+    ``LossConfig.advantage = "td"``); green when the filter kept it, red when masked.
 
     Tokens are x categories labelled ``"<index>:<token>"`` so repeated tokens stay distinct. A dashed
-    line marks ``beta`` (when finite); the hover gives Q, V and log pi of each token.
+    line marks ``beta`` (when finite); the hover gives Q, V, log pi and, when the view has it, the TD target y.
     """
     labels = [token_label(i, t) for i, t in enumerate(view.tokens)]
     colors = [KEPT_COLOR if k else MASKED_COLOR for k in view.kept]
-    custom = [
-        [html.escape(repr(t)), q, v, lp, "kept" if k else "masked"]
-        for t, q, v, lp, k in zip(view.tokens, view.q_taken, view.value, view.logp, view.kept, strict=True)
-    ]
+    custom = _hover_rows(view)
     fig = go.Figure(
         go.Bar(
             x=labels,
@@ -212,7 +221,7 @@ def token_advantages(view: TokenView, beta: float = 0.0) -> go.Figure:
             name="advantage",
             hovertemplate=(
                 "token %{customdata[0]}<br>A %{y:.3f} (%{customdata[4]})<br>Q %{customdata[1]:.3f}"
-                "<br>V %{customdata[2]:.3f}<br>log pi %{customdata[3]:.3f}<extra></extra>"
+                "<br>V %{customdata[2]:.3f}<br>log pi %{customdata[3]:.3f}%{customdata[5]}<extra></extra>"
             ),
         )
     )
@@ -223,7 +232,7 @@ def token_advantages(view: TokenView, beta: float = 0.0) -> go.Figure:
     fig.update_layout(
         title=title,
         xaxis={"type": "category", "categoryorder": "array", "categoryarray": labels, "title": "reply token"},
-        yaxis={"title": "advantage A = Q - V"},
+        yaxis={"title": "advantage A (PopArt units)"},
         template="plotly_white",
         showlegend=False,
     )
@@ -245,13 +254,7 @@ def token_heatmap(views: list[TokenView]) -> go.Figure:
         z.append([float(a) for a in v.advantage] + [None] * pad)
         marked = [("" if k else MASK_MARK) + _visible(t) for t, k in zip(v.tokens, v.kept, strict=True)]
         text.append(marked + [""] * pad)
-        custom.append(
-            [
-                [html.escape(repr(t)), q, val, lp, "kept" if k else "masked"]
-                for t, q, val, lp, k in zip(v.tokens, v.q_taken, v.value, v.logp, v.kept, strict=True)
-            ]
-            + [["", None, None, None, ""]] * pad
-        )
+        custom.append(_hover_rows(v) + [["", None, None, None, "", ""]] * pad)
     rows = [f"{i}: {v.title or 'turn'} (r={v.reward:+g})" for i, v in enumerate(views)]
     fig = go.Figure(
         go.Heatmap(
@@ -269,7 +272,7 @@ def token_heatmap(views: list[TokenView]) -> go.Figure:
             hoverongaps=False,
             hovertemplate=(
                 "token %{customdata[0]} (%{customdata[4]})<br>A %{z:.3f}<br>Q %{customdata[1]:.3f}"
-                "<br>V %{customdata[2]:.3f}<br>log pi %{customdata[3]:.3f}<extra></extra>"
+                "<br>V %{customdata[2]:.3f}<br>log pi %{customdata[3]:.3f}%{customdata[5]}<extra></extra>"
             ),
         )
     )

@@ -13,8 +13,8 @@ default 0), ``adv`` the filter's advantage (``q``: Eq. 5, ``td``), ``cgrad=0`` (
 LoRA: ``LossConfig.critic_trains_backbone``), ``replay`` critic-only steps per update (``vlmq_core.replay``;
 ``rbt`` turns each, default 32; ``win`` the window in updates, default 16), ``lr`` / ``lrc`` the LoRA / critic
 learning rates (default 3e-4 / 6e-4), ``seed`` the trainer's seed (minibatch draws, LoRA dropout; default 0, the
-notebook's), ``eval`` episodes, ``probe`` (every this many updates print
-``numberline_probe.decision``; 0: never) and
+notebook's), ``eval`` episodes (``es`` the first evaluation seed, default 10 000), ``probe`` (every this many
+updates print ``numberline_probe.decision``; 0: never) and
 ``oracle=1``: instead of AFSFT, plain SFT on the dataset's good moves only (valid replies with reward >= 0),
 the filter a perfect critic would give; it shows how fast the actor can learn the decision.
 """
@@ -97,5 +97,6 @@ for m in history[::10]:
     print({k: round(m[k], 3) for k in keys if k in m})
 if not oracle:
     print(json.dumps(filter_summary(policy, buffer.transitions(), loss=loss)))
-result = evaluate(policy, CollectConfig(task="NumberLine", num_envs=10), int(args.get("eval", 20)))
+eval_cfg = CollectConfig(task="NumberLine", num_envs=10)
+result = evaluate(policy, eval_cfg, int(args.get("eval", 20)), seed=int(args.get("es", 10_000)))
 print(json.dumps(result), f"total {time.time() - t0:.0f} s")
