@@ -31,8 +31,8 @@ def token_views(
     adv = advantages(policy, batch, fwd, fwd.q, q_taken, loss, y=y)  # (N,)
     keep = losses.advantage_filter(adv, beta)
     q_un = policy.popart.denormalize(q_taken.float())
-    q_for_v = policy.q_values(fwd.h, target=True) if td else fwd.q  # the critic whose V the filter subtracts
-    v_un = policy.popart.denormalize(losses.expected_value(fwd.logits, q_for_v.float()))
+    minuend = policy.popart.normalize(y.float()) if td else q_taken.float()  # A = minuend - V, so V needs no pass
+    v_un = policy.popart.denormalize(minuend - adv)  # the V the filter subtracted (V_bar with "td")
     policy.train(was_training)
     views = []
     for b, (turn, _) in enumerate(transitions):
