@@ -14,15 +14,14 @@ import time
 import gymnasium
 import numpy as np
 
-from vlmq_core.envs import TASKS, make_env
+from vlmq_core.envs import env_id, make_env
 
 GYM_CARDS = ("NumberLine", "Blackjack", "EZPoints", "Points24")
 
 
 def time_raw(name: str, steps: int, seed: int = 0) -> float:
     """Mean milliseconds per ``env.step`` (which renders the returned frame) of the raw env."""
-    spec = next(s for s in TASKS.values() if s.name == name)
-    env = gymnasium.make(spec.env_id).unwrapped
+    env = gymnasium.make(env_id(name)).unwrapped
     rng = np.random.default_rng(seed)
     env.reset(seed=seed)
     env.step(0)  # warm the card / glyph caches outside the timing

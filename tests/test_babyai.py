@@ -12,11 +12,17 @@ from minigrid.core.actions import Actions
 from minigrid.core.grid import Grid
 from minigrid.core.world_object import Ball, Box, Door, Key
 
-from vlmq_core.envs import BABYAI_LEVELS, PROMPTS, TASKS, BabyAIEnv, TextActionConfig, get_task, make_env
-from vlmq_core.envs.babyai import _quiet_sampling, babyai_invalid_reason, parse_babyai_action
+from vlmq_core.envs import BABYAI_LEVELS, CATALOG, get_task, make_env
+from vlmq_core.envs.babyai import (
+    BABYAI_ACTIONS,
+    BabyAIEnv,
+    _quiet_sampling,
+    babyai_invalid_reason,
+    parse_babyai_action,
+)
 from vlmq_core.envs.babyai_text import describe_view
 from vlmq_core.envs.oracles import OracleConfig, oracle_reply
-from vlmq_core.envs.prompts import BABYAI_ACTIONS
+from vlmq_core.envs.text_action import TextActionConfig
 
 TURN_LEFT, TURN_RIGHT, FORWARD, PICKUP, DROP, TOGGLE = range(6)
 
@@ -27,9 +33,9 @@ TURN_LEFT, TURN_RIGHT, FORWARD, PICKUP, DROP, TOGGLE = range(6)
 @pytest.mark.parametrize("level", ["GoToRedBall", "GoToObj", "GoToLocal", "PickupLoc", "PutNextLocal", "GoTo"])
 def test_every_level_is_registered_with_six_actions_and_babyai_settings(level):
     env_id = f"vlmq/BabyAI-{level}-v0"
-    assert level in BABYAI_LEVELS and env_id in gymnasium.registry and env_id in TASKS and env_id in PROMPTS
+    assert level in BABYAI_LEVELS and env_id in gymnasium.registry and f"BabyAI-{level}" in CATALOG
     spec = get_task(f"BabyAI-{level}")
-    assert spec.env_id == env_id and spec.domain == "babyai" and spec.oracle is not None
+    assert spec.env_id == env_id and spec.oracle is not None and get_task(env_id) is spec
     assert spec.text_config == TextActionConfig(
         invalid_reward=-1, max_consecutive_invalid=5, timeout_reward=-200, max_steps=64
     )

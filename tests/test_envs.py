@@ -7,17 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmq_core.envs import (
-    ENV_IDS,
-    PROMPTS,
-    TASKS,
-    NumberLineEnv,
-    TextActionConfig,
-    TextActionEnv,
-    format_prompt,
-    make_env,
-    parse_action,
-)
+from vlmq_core.envs import CATALOG, get_task, make_env
+from vlmq_core.envs.numberline import NUMBERLINE_PROMPT, NumberLineEnv
+from vlmq_core.envs.text_action import TextActionConfig, TextActionEnv, format_prompt, parse_action
 
 ACTIONS = ["-", "+"]
 LEFT, RIGHT = 0, 1
@@ -110,15 +102,40 @@ def test_gymnasium_make():
     assert isinstance(env.unwrapped, NumberLineEnv)
 
 
-def test_reimport_does_not_reregister():
+def test_registering_again_is_silent():
     import importlib
     import warnings
 
-    import vlmq_core.envs
+    import vlmq_core
+    from vlmq_core.envs import register_envs
 
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        importlib.reload(vlmq_core.envs)
+        warnings.simplefilter("error")  # gymnasium warns when an id is registered twice
+        register_envs()
+        importlib.reload(vlmq_core)
+
+
+def test_importing_vlmq_core_registers_every_id_and_imports_nothing_heavy():
+    """``import vlmq_core`` registers every task's gymnasium id without importing torch, minigrid or any task
+    module; making an env imports only what that task needs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gymnasium, vlmq_core\n"
+        "from vlmq_core.envs import CATALOG\n"
+        "ids = [f'vlmq/{n}-v0' for n in CATALOG]\n"
+        "assert all(i in gymnasium.registry for i in ids), ids\n"
+        "heavy = ('torch', 'transformers', 'minigrid', 'PIL', 'vlmq_core.envs.numberline')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "gymnasium.make('vlmq/NumberLine-v0')\n"
+        "assert 'vlmq_core.envs.numberline' in sys.modules and 'minigrid' not in sys.modules\n"
+        "gymnasium.make('vlmq/BabyAI-GoToObj-v0')\n"
+        "assert 'minigrid' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 # ---------------------------------------------------------------- rendering and text
@@ -180,7 +197,7 @@ def test_parse_action(reply, expected):
 
 
 def test_prompt_contents_and_length():
-    task = PROMPTS["vlmq/NumberLine-v0"]
+    task = NUMBERLINE_PROMPT
     prompt = format_prompt(task, "Target: 3. Current: 1.")
     assert task.example in prompt
     assert "followed by exactly one action" in prompt
@@ -212,7 +229,7 @@ def test_wrapper_observation():
     assert isinstance(obs["image"], Image.Image) and obs["image"].size == (300, 300)
     assert obs["image"].mode == "RGB"
     assert obs["text"] == env.unwrapped.text()
-    assert obs["prompt"] == format_prompt(PROMPTS["vlmq/NumberLine-v0"], obs["text"])
+    assert obs["prompt"] == format_prompt(NUMBERLINE_PROMPT, obs["text"])
     assert info["state"]["steps"] == 0 and info["error"] is None
 
 
@@ -287,7 +304,7 @@ def test_make_env_seed_reproducible():
 
 
 def test_make_env_unknown_name():
-    with pytest.raises(ValueError, match="unknown environment 'Blackjak'.*NumberLine"):
+    with pytest.raises(ValueError, match="unknown task 'Blackjak'.*NumberLine"):
         make_env("Blackjak")
 
 
@@ -295,11 +312,10 @@ def test_every_task_registered_and_buildable():
     expected = {"NumberLine", "Blackjack", "EZPoints", "Points24"} | {
         f"BabyAI-{level}" for level in ("GoToRedBall", "GoToObj", "GoToLocal", "PickupLoc", "PutNextLocal", "GoTo")
     }
-    names = {TASKS[env_id].name for env_id in ENV_IDS}
-    assert expected <= names
-    for env_id in ENV_IDS:
-        spec = TASKS[env_id]
-        assert env_id == f"vlmq/{spec.name}-v0"
+    assert expected == set(CATALOG)
+    for name in CATALOG:
+        spec = get_task(name)
+        assert spec.name == name and spec.env_id == f"vlmq/{name}-v0" and spec.env_id in gymnasium.registry
         env = make_env(spec.name, seed=0)
         assert env.action_space.n == len(spec.prompt.actions) == len(env.valid_actions)
         obs, _ = env.reset()

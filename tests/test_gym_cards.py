@@ -15,20 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmq_core.envs import (
-    BLACKJACK_ID,
-    ENV_IDS,
-    EZPOINTS_ID,
-    POINTS24_ID,
-    PROMPTS,
-    BlackjackEnv,
-    EZPointsEnv,
-    PointsEnv,
-    get_task,
-    make_env,
-    task_limits,
-)
+from vlmq_core.envs import CATALOG, get_task, make_env
 from vlmq_core.envs.blackjack import (
+    BlackjackEnv,
     action_values,
     blackjack_oracle,
     dealer_final_distribution,
@@ -36,6 +25,7 @@ from vlmq_core.envs.blackjack import (
     optimal_action,
 )
 from vlmq_core.envs.cards import SUITS, Card, card_back, card_face
+from vlmq_core.envs.ezpoints import EZPointsEnv
 from vlmq_core.envs.formula import (
     FormulaError,
     closest_expression,
@@ -55,12 +45,14 @@ from vlmq_core.envs.limits import (
     blackjack_outcomes,
     ezpoints_raw_solvable_share,
     points24_solvable_share,
+    task_limits,
 )
 from vlmq_core.envs.oracles import OracleConfig, oracle_reply
-from vlmq_core.envs.points24 import parse_points_action, points24_plan
+from vlmq_core.envs.points24 import PointsEnv, parse_points_action, points24_plan
 from vlmq_core.envs.text_action import parse_action
 
 STAND, HIT = 0, 1
+BLACKJACK_ID, EZPOINTS_ID, POINTS24_ID = "vlmq/Blackjack-v0", "vlmq/EZPoints-v0", "vlmq/Points24-v0"
 P24_TOKENS = [*(str(n) for n in range(1, 11)), "+", "-", "*", "/", "(", ")", "="]
 EZ_TOKENS = [*(str(n) for n in range(1, 11)), "+", "*", "="]
 
@@ -111,7 +103,7 @@ def write(env: PointsEnv, formula: str) -> list[float]:
     + [(POINTS24_ID, 17, PointsEnv)],
 )
 def test_gymnasium_make_every_id(env_id, n_actions, cls):
-    assert env_id in ENV_IDS and env_id in gymnasium.registry and env_id in PROMPTS
+    assert env_id.removeprefix("vlmq/").removesuffix("-v0") in CATALOG and env_id in gymnasium.registry
     env = gymnasium.make(env_id)
     assert env.action_space == gymnasium.spaces.Discrete(n_actions)
     obs, _ = env.reset(seed=1)
@@ -127,11 +119,11 @@ def test_gymnasium_make_every_id(env_id, n_actions, cls):
 def test_short_names_and_prompts():
     for name, env_id in [("Blackjack", BLACKJACK_ID), ("EZPoints", EZPOINTS_ID), ("Points24", POINTS24_ID)]:
         spec = get_task(name)
-        assert spec.env_id == env_id and spec.oracle is not None and spec.domain == "gym_cards"
+        assert spec.env_id == env_id and spec.oracle is not None and spec.text_config.invalid_reward == -2
         assert len(spec.prompt.description.split()) < 40
-    assert PROMPTS[BLACKJACK_ID].actions == ["stand", "hit"]
-    assert PROMPTS[EZPOINTS_ID].actions == EZ_TOKENS
-    assert PROMPTS[POINTS24_ID].actions == P24_TOKENS
+    assert get_task(BLACKJACK_ID).prompt.actions == ["stand", "hit"]
+    assert get_task(EZPOINTS_ID).prompt.actions == EZ_TOKENS
+    assert get_task(POINTS24_ID).prompt.actions == P24_TOKENS
     assert get_task("Points24").text_config.max_steps == 20
     assert get_task("EZPoints").text_config.max_steps == 10
 
@@ -594,7 +586,7 @@ def test_wrapper_parses_messy_replies(task, reply, action):
     + [("[action] * *", None), ("* [action]", None), ("[action] `10`", "10")],
 )
 def test_points_parser_keeps_the_star_action(reply, expected):
-    actions = list(PROMPTS[POINTS24_ID].actions)
+    actions = list(get_task(POINTS24_ID).prompt.actions)
     assert get_task("Points24").parser is get_task("EZPoints").parser is parse_points_action
     assert parse_points_action(reply, actions) == (None if expected is None else actions.index(expected))
     if expected == "*":
@@ -713,6 +705,7 @@ def test_corrupt_rate_one_gives_uniform_random_actions():
     assert clean == {f"[action] {env.valid_actions[oracle]}"}
 
 
+@pytest.mark.slow
 def test_blackjack_oracle_win_rate_matches_the_dp_value():
     exact = blackjack_outcomes()
     env = gymnasium.make(BLACKJACK_ID).unwrapped
@@ -747,6 +740,7 @@ def test_limits():
     assert points24_solvable_share(deck=True) == pytest.approx(0.746, abs=5e-4)
 
 
+@pytest.mark.slow
 def test_points24_limit_matches_the_env_sampling():
     env = PointsEnv()
     n = 3000

@@ -1,44 +1,59 @@
-"""Environments behind text-action wrappers. Each task module registers a :class:`TaskSpec` (and its raw
-env with gymnasium) on import; :func:`make_env` builds any registered task by short name or env id."""
+"""Environments behind text-action wrappers, and the one list of tasks.
+
+``import vlmq_core`` registers every task's raw env with gymnasium as ``vlmq/<Name>-v0`` (as ``import minigrid``
+does), cheaply: only gymnasium is imported; a task's module (and what it needs, e.g. minigrid for BabyAI) is
+imported when one of its envs is made. :func:`make_env` builds any task behind the text-action wrapper.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 import gymnasium
 
-from vlmq_core.envs.babyai import BABYAI_LEVELS, BabyAIEnv, parse_babyai_action
-from vlmq_core.envs.blackjack import BLACKJACK_ID, BlackjackEnv
-from vlmq_core.envs.ezpoints import EZPOINTS_ID, EZPointsEnv
-from vlmq_core.envs.limits import task_limits
-from vlmq_core.envs.numberline import NumberLineEnv
-from vlmq_core.envs.points24 import POINTS24_ID, PointsEnv
-from vlmq_core.envs.prompts import NUMBERLINE_PROMPT, PROMPTS, TaskPrompt, format_prompt
-from vlmq_core.envs.registry import TASKS, OracleAction, TaskSpec, get_task, register_task
-from vlmq_core.envs.text_action import TextActionConfig, TextActionEnv, parse_action
+if TYPE_CHECKING:
+    from vlmq_core.envs.spec import TaskSpec
+    from vlmq_core.envs.text_action import TextActionConfig, TextActionEnv
 
-NUMBERLINE_ID = "vlmq/NumberLine-v0"
-"""Gymnasium id of the NumberLine environment."""
+BABYAI_LEVELS: tuple[str, ...] = ("GoToRedBall", "GoToObj", "GoToLocal", "PickupLoc", "PutNextLocal", "GoTo")
+"""The BabyAI levels vlmq offers: minigrid's ``BabyAI-<level>-v0`` for each."""
 
-
-def numberline_oracle(env: gymnasium.Env) -> OracleAction:
-    """NumberLine's obvious optimal policy: step towards the target."""
-    inner = env.unwrapped
-    if inner.current < inner.target:
-        return OracleAction(1, f"{inner.current} is below the target {inner.target}, so increase.")
-    return OracleAction(0, f"{inner.current} is above the target {inner.target}, so decrease.")
+CATALOG: dict[str, tuple[str, str, dict]] = {
+    "NumberLine": ("numberline", "NumberLineEnv", {}),
+    "Blackjack": ("blackjack", "BlackjackEnv", {}),
+    "EZPoints": ("ezpoints", "EZPointsEnv", {}),
+    "Points24": ("points24", "PointsEnv", {}),
+    **{f"BabyAI-{level}": ("babyai", "BabyAIEnv", {"level": level}) for level in BABYAI_LEVELS},
+}
+"""Every task: short name -> (module in ``vlmq_core.envs``, raw env class, its constructor kwargs). The module
+holds the task's :class:`~vlmq_core.envs.spec.TaskSpec` in ``TASKS[name]``."""
 
 
-register_task(
-    TaskSpec(
-        env_id=NUMBERLINE_ID,
-        name="NumberLine",
-        entry_point="vlmq_core.envs.numberline:NumberLineEnv",
-        prompt=NUMBERLINE_PROMPT,
-        oracle=numberline_oracle,
-    )
-)
+def env_id(name: str) -> str:
+    """The gymnasium id of a task's raw env: ``vlmq/<name>-v0``."""
+    return f"vlmq/{name}-v0"
 
-ENV_IDS: tuple[str, ...] = tuple(TASKS)
-"""All environment ids this package registers."""
+
+def register_envs() -> None:
+    """Register every task's raw env with gymnasium (entry points are strings: nothing is imported)."""
+    for name, (module, cls, kwargs) in CATALOG.items():
+        if env_id(name) not in gymnasium.registry:
+            gymnasium.register(env_id(name), entry_point=f"vlmq_core.envs.{module}:{cls}", kwargs=dict(kwargs))
+
+
+def task_name(name: str) -> str:
+    """The short name for a short name or a gymnasium id; ValueError naming the known tasks otherwise."""
+    short = name.removeprefix("vlmq/").removesuffix("-v0") if name.startswith("vlmq/") else name
+    if short not in CATALOG:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(CATALOG)} (or their vlmq/<name>-v0 ids)")
+    return short
+
+
+def get_task(name: str) -> TaskSpec:
+    """The :class:`~vlmq_core.envs.spec.TaskSpec` of a task, by short name (``"NumberLine"``) or gymnasium id."""
+    short = task_name(name)
+    return importlib.import_module(f"vlmq_core.envs.{CATALOG[short][0]}").TASKS[short]
 
 
 def make_env(
@@ -48,10 +63,12 @@ def make_env(
 
     `seed` seeds the env's generator once, so the sequence of episodes from later `reset()` calls
     (without a seed) is reproducible. `text_config` overrides the task's Table 4 defaults; `env_kwargs` go to
-    the raw env's constructor (e.g. ``view="pov"`` for BabyAI).
-    Unknown names raise ValueError listing the known ones.
+    the raw env's constructor (e.g. ``view="pov"`` for BabyAI). Unknown names raise ValueError listing the known ones.
     """
+    from vlmq_core.envs.text_action import TextActionEnv
+
     spec = get_task(name)
+    register_envs()
     inner = gymnasium.make(spec.env_id, **env_kwargs)
     if seed is not None:
         inner.reset(seed=seed)
@@ -61,31 +78,4 @@ def make_env(
     )
 
 
-__all__ = [
-    "BABYAI_LEVELS",
-    "BLACKJACK_ID",
-    "ENV_IDS",
-    "EZPOINTS_ID",
-    "NUMBERLINE_ID",
-    "NUMBERLINE_PROMPT",
-    "POINTS24_ID",
-    "PROMPTS",
-    "TASKS",
-    "BabyAIEnv",
-    "BlackjackEnv",
-    "EZPointsEnv",
-    "NumberLineEnv",
-    "OracleAction",
-    "PointsEnv",
-    "TaskPrompt",
-    "TaskSpec",
-    "TextActionConfig",
-    "TextActionEnv",
-    "format_prompt",
-    "get_task",
-    "make_env",
-    "parse_action",
-    "parse_babyai_action",
-    "register_task",
-    "task_limits",
-]
+__all__ = ["BABYAI_LEVELS", "CATALOG", "env_id", "get_task", "make_env", "register_envs", "task_name"]

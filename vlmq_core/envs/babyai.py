@@ -44,13 +44,39 @@ from minigrid.utils.baby_ai_bot import (
     PickupSubgoal,
 )
 
+from vlmq_core.envs import BABYAI_LEVELS
 from vlmq_core.envs.babyai_text import view_text
-from vlmq_core.envs.prompts import ACTION_TAG, BABYAI_ACTIONS, BABYAI_PROMPTS
-from vlmq_core.envs.registry import OracleAction, TaskSpec, register_task
-from vlmq_core.envs.text_action import TextActionConfig
+from vlmq_core.envs.spec import OracleAction, TaskSpec
+from vlmq_core.envs.text_action import ACTION_TAG, TaskPrompt, TextActionConfig, after_tag, shorten
 
-BABYAI_LEVELS: tuple[str, ...] = tuple(BABYAI_PROMPTS)
-"""The registered levels: minigrid's ``BabyAI-<level>-v0`` for each (GoToRedBall, GoToObj, GoToLocal, ...)."""
+BABYAI_ACTIONS = ["turn left", "turn right", "go forward", "pick up", "drop", "toggle"]
+"""BabyAI's actions in minigrid's order (ids 0..5; minigrid's ``done`` is not offered)."""
+
+_BABYAI_GOALS = {
+    "GoToRedBall": "Go to the red ball in your room; the other objects only distract.",
+    "GoToObj": "Go to the only object in your room.",
+    "GoToLocal": "Go to the object named in the mission, in your room, among other objects.",
+    "PickupLoc": "Pick up the object named in the mission, in your room, among other objects.",
+    "PutNextLocal": "Pick up the first object named in the mission and put it down next to the second one.",
+    "GoTo": "Go to the object named in the mission; it may be in another of the 9 rooms, behind a door.",
+}
+
+
+def _babyai_prompt(goal: str) -> TaskPrompt:
+    """A BabyAI level's prompt: the shared grid-world rules and actions plus the level's goal."""
+    return TaskPrompt(
+        description=f"You are an agent in a BabyAI grid world. {goal} Going to an object means facing it "
+        "from the next cell. Each observation gives the mission and what you see, in steps from your cell.",
+        actions=list(BABYAI_ACTIONS),
+        action_doc="turn left : turn 90 degrees left\nturn right : turn 90 degrees right\n"
+        "go forward : move one cell forward\npick up : pick up the object in front of you\n"
+        "drop : put the object you carry in front of you\ntoggle : open or close the door in front of you",
+        example=f"{ACTION_TAG} go forward",
+    )
+
+
+BABYAI_PROMPTS: dict[str, TaskPrompt] = {level: _babyai_prompt(_BABYAI_GOALS[level]) for level in BABYAI_LEVELS}
+"""BabyAI prompts keyed by level name (``GoToRedBall``, ...)."""
 
 BABYAI_TEXT_CONFIG = TextActionConfig(
     invalid_reward=-1.0, max_consecutive_invalid=5, timeout_reward=-200.0, max_steps=64
@@ -245,10 +271,6 @@ def _subgoal_text(bot: BabyAIBot) -> str:
 
 # ---------------------------------------------------------------- replies
 
-_TAG_RE = re.compile(re.escape(ACTION_TAG), re.IGNORECASE)
-_ECHO_CHARS = 40
-"""At most this many characters of an invalid reply are quoted back in the error message."""
-
 
 @functools.lru_cache(maxsize=16)
 def _action_pattern(actions: tuple[str, ...]) -> re.Pattern[str]:
@@ -265,10 +287,10 @@ def parse_babyai_action(reply: str, actions: Sequence[str]) -> int | None:
     text wins. "[action] I will go forward then turn left" -> "go forward"; "**[Action]:** `Turn Left`" ->
     "turn left"; "[action] forward" -> None (not an action name); "go forward" without the tag -> None.
     """
-    tag = _TAG_RE.search(reply)
-    if tag is None:
+    rest = after_tag(reply)
+    if rest is None:
         return None
-    match = _action_pattern(tuple(actions)).search(reply, tag.end())
+    match = _action_pattern(tuple(actions)).search(rest)
     if match is None:
         return None
     said = " ".join(match.group(0).lower().split())
@@ -277,14 +299,13 @@ def parse_babyai_action(reply: str, actions: Sequence[str]) -> int | None:
 
 def babyai_invalid_reason(reply: str, actions: Sequence[str]) -> str:
     """Why `reply` names no action after the ``[action]`` tag (for the next prompt's error line)."""
-    tag = _TAG_RE.search(reply)
-    if tag is None:
+    rest = after_tag(reply)
+    if rest is None:
         return f"no `{ACTION_TAG}` tag found."
-    text = reply[tag.end() :].strip()
+    text = rest.strip()
     if not text:
         return f"no action after `{ACTION_TAG}`."
-    shown = text if len(text) <= _ECHO_CHARS else text[:_ECHO_CHARS] + "..."
-    return f"{shown!r} names none of: {', '.join(actions)}."
+    return f"{shorten(text)!r} names none of: {', '.join(actions)}."
 
 
 # ---------------------------------------------------------------- registration
@@ -298,18 +319,15 @@ def babyai_oracle(env: gymnasium.Env) -> OracleAction:
     return inner.bot_decision()
 
 
-for _level in BABYAI_LEVELS:
-    register_task(
-        TaskSpec(
-            env_id=f"vlmq/BabyAI-{_level}-v0",
-            name=f"BabyAI-{_level}",
-            entry_point="vlmq_core.envs.babyai:BabyAIEnv",
-            prompt=BABYAI_PROMPTS[_level],
-            text_config=dataclasses.replace(BABYAI_TEXT_CONFIG),
-            parser=parse_babyai_action,
-            invalid_reason=babyai_invalid_reason,
-            oracle=babyai_oracle,
-            env_kwargs={"level": _level},
-            domain="babyai",
-        )
+TASKS = {
+    f"BabyAI-{level}": TaskSpec(
+        name=f"BabyAI-{level}",
+        prompt=BABYAI_PROMPTS[level],
+        text_config=dataclasses.replace(BABYAI_TEXT_CONFIG),
+        parser=parse_babyai_action,
+        invalid_reason=babyai_invalid_reason,
+        oracle=babyai_oracle,
     )
+    for level in BABYAI_LEVELS
+}
+"""This module's tasks, one per level (see :data:`vlmq_core.envs.CATALOG`)."""

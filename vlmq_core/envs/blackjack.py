@@ -24,11 +24,17 @@ from gymnasium import spaces
 from PIL import ImageDraw
 
 from vlmq_core.envs import cards as C
-from vlmq_core.envs.prompts import BLACKJACK_PROMPT
-from vlmq_core.envs.registry import OracleAction, TaskSpec, register_task
+from vlmq_core.envs.spec import OracleAction, TaskSpec
+from vlmq_core.envs.text_action import ACTION_TAG, TaskPrompt
 
-BLACKJACK_ID = "vlmq/Blackjack-v0"
-"""Gymnasium id of the Blackjack environment."""
+BLACKJACK_PROMPT = TaskPrompt(
+    description="You play Blackjack. Get closer to 21 than the dealer without going over. "
+    "An ace counts 1 or 11; J, Q, K count 10. The dealer draws until 17 or more.",
+    actions=["stand", "hit"],
+    action_doc="stand : keep your cards, the dealer plays\nhit : take one more card",
+    example=f"{ACTION_TAG} hit",
+)
+"""The Blackjack prompt (actions in gymnasium's order: 0 = stand, 1 = hit)."""
 STAND, HIT = 0, 1
 
 _CARD_W, _CARD_H = 62, 88
@@ -274,12 +280,5 @@ def blackjack_oracle(env: gymnasium.Env) -> OracleAction:
     return OracleAction(action, thought)
 
 
-register_task(
-    TaskSpec(
-        env_id=BLACKJACK_ID,
-        name="Blackjack",
-        entry_point="vlmq_core.envs.blackjack:BlackjackEnv",
-        prompt=BLACKJACK_PROMPT,
-        oracle=blackjack_oracle,
-    )
-)
+TASKS = {"Blackjack": TaskSpec(name="Blackjack", prompt=BLACKJACK_PROMPT, oracle=blackjack_oracle)}
+"""This module's task (see :data:`vlmq_core.envs.CATALOG`)."""

@@ -13,12 +13,18 @@ from __future__ import annotations
 import gymnasium
 
 from vlmq_core.envs.formula import token_completion
-from vlmq_core.envs.points24 import PointsEnv, parse_points_action, plan_action, raw_points_env
-from vlmq_core.envs.prompts import EZPOINTS_PROMPT
-from vlmq_core.envs.registry import OracleAction, TaskSpec, register_task
+from vlmq_core.envs.points24 import NUMBER_TOKENS, PointsEnv, parse_points_action, plan_action, raw_points_env
+from vlmq_core.envs.spec import OracleAction, TaskSpec
+from vlmq_core.envs.text_action import ACTION_TAG, TaskPrompt
 
-EZPOINTS_ID = "vlmq/EZPoints-v0"
-"""Gymnasium id of the EZPoints environment."""
+EZPOINTS_PROMPT = TaskPrompt(
+    description="You play EZPoints. Write a formula equal to 12 with both cards, one token per turn. "
+    "Use each card once. A counts 1; J, Q, K count 10.",
+    actions=[*NUMBER_TOKENS, "+", "*", "="],
+    action_doc="1 to 10 : write a card's number\n+ or * : write an operator\n= : finish and check the formula",
+    example=f"{ACTION_TAG} 4",
+)
+"""The EZPoints prompt; actions ``1``..``10``, ``+``, ``*``, ``=`` (RL4VLM's order)."""
 
 
 class EZPointsEnv(PointsEnv):
@@ -50,13 +56,7 @@ def ezpoints_oracle(env: gymnasium.Env) -> OracleAction:
     return plan_action(inner, plan)
 
 
-register_task(
-    TaskSpec(
-        env_id=EZPOINTS_ID,
-        name="EZPoints",
-        entry_point="vlmq_core.envs.ezpoints:EZPointsEnv",
-        prompt=EZPOINTS_PROMPT,
-        parser=parse_points_action,
-        oracle=ezpoints_oracle,
-    )
-)
+TASKS = {
+    "EZPoints": TaskSpec(name="EZPoints", prompt=EZPOINTS_PROMPT, parser=parse_points_action, oracle=ezpoints_oracle)
+}
+"""This module's task (see :data:`vlmq_core.envs.CATALOG`)."""

@@ -13,6 +13,9 @@ import numpy as np
 from gymnasium import spaces
 from PIL import Image, ImageDraw, ImageFont
 
+from vlmq_core.envs.spec import OracleAction, TaskSpec
+from vlmq_core.envs.text_action import ACTION_TAG, TaskPrompt
+
 IMAGE_SIZE = 300
 """Width and height of the rendered observation in pixels."""
 
@@ -133,3 +136,24 @@ class NumberLineEnv(gymnasium.Env):
         cx = self._tick_x(self.current)
         draw.ellipse([(cx - 12, _AXIS_Y - 12), (cx + 12, _AXIS_Y + 12)], fill=_CURRENT_COLOUR)
         return image
+
+
+NUMBERLINE_PROMPT = TaskPrompt(
+    description="You play Number Line. Move the current number to the target number.",
+    actions=["-", "+"],
+    action_doc="+ : increase the current number by 1\n- : decrease the current number by 1",
+    example=f"{ACTION_TAG} +",
+)
+"""The NumberLine prompt, kept short: a 135M model reads it every turn."""
+
+
+def numberline_oracle(env: gymnasium.Env) -> OracleAction:
+    """NumberLine's obvious optimal policy: step towards the target."""
+    inner = env.unwrapped
+    if inner.current < inner.target:
+        return OracleAction(1, f"{inner.current} is below the target {inner.target}, so increase.")
+    return OracleAction(0, f"{inner.current} is above the target {inner.target}, so decrease.")
+
+
+TASKS = {"NumberLine": TaskSpec(name="NumberLine", prompt=NUMBERLINE_PROMPT, oracle=numberline_oracle)}
+"""This module's task (see :data:`vlmq_core.envs.CATALOG`)."""

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vlmq_core.envs.prompts import ACTION_TAG
-from vlmq_core.envs.registry import get_task
-from vlmq_core.envs.text_action import TextActionEnv
+from vlmq_core.envs import CATALOG, get_task
+from vlmq_core.envs.text_action import ACTION_TAG, TextActionEnv
 
 
 @dataclass
@@ -49,6 +48,4 @@ def oracle_reply(env: TextActionEnv, rng: np.random.Generator, cfg: OracleConfig
 
 def tasks_with_oracles() -> list[str]:
     """Short names of the registered tasks that have an oracle."""
-    from vlmq_core.envs.registry import TASKS
-
-    return sorted(spec.name for spec in TASKS.values() if spec.oracle is not None)
+    return sorted(name for name in CATALOG if get_task(name).oracle is not None)

@@ -44,14 +44,20 @@ from vlmq_core.envs.formula import (
     solvable,
     token_completion,
 )
-from vlmq_core.envs.prompts import ACTION_TAG, POINTS24_PROMPT
-from vlmq_core.envs.registry import OracleAction, TaskSpec, register_task
-from vlmq_core.envs.text_action import TextActionConfig, parse_action
+from vlmq_core.envs.spec import OracleAction, TaskSpec
+from vlmq_core.envs.text_action import ACTION_TAG, TaskPrompt, TextActionConfig, after_tag, parse_action
 
-POINTS24_ID = "vlmq/Points24-v0"
-"""Gymnasium id of the Points24 environment."""
 NUMBER_TOKENS = tuple(str(n) for n in range(1, 11))
 """The number tokens ``1`` .. ``10`` (the first ten actions of both points games)."""
+POINTS24_PROMPT = TaskPrompt(
+    description="You play Points24. Write a formula equal to 24 with all four cards, one token per turn. "
+    "Use each card once. A counts 1; J, Q, K count 10.",
+    actions=[*NUMBER_TOKENS, "+", "-", "*", "/", "(", ")", "="],
+    action_doc="1 to 10 : write a card's number\n+ - * / ( ) : write an operator or bracket\n"
+    "= : finish and check the formula",
+    example=f"{ACTION_TAG} 10",
+)
+"""The Points24 prompt; actions ``1``..``10``, ``+ - * / ( )``, ``=`` (RL4VLM's order)."""
 POINTS24_MAX_STEPS = 20
 """Step limit of Points24, in the raw env and in its text wrapper (whose other settings are the Gym Cards
 defaults): the Gym Cards limit of 10 is too short, a formula needs up to 11 tokens plus ``=`` (four
@@ -248,7 +254,6 @@ def _has_solution(numbers: tuple[int, ...], target: int, operators: tuple[str, .
 
 # ---------------------------------------------------------------- reply parser
 
-_TAG_RE = re.compile(re.escape(ACTION_TAG), re.IGNORECASE)
 _BOLD_COLON = re.compile(r"^\s*(?:\*\*|__)?\s*:?\s*(?:\*\*|__)?")
 _TRAILING_BOLD = re.compile(r"\s*(?:\*\*|__)$")
 _NO_STAR_DECORATION = " \t\r\n`_#>\"'"
@@ -265,10 +270,10 @@ def parse_points_action(reply: str, actions: Sequence[str]) -> int | None:
     index = parse_action(reply, actions)
     if index is not None or "*" not in actions:
         return index
-    match = _TAG_RE.search(reply)
-    if match is None:
+    rest = after_tag(reply)
+    if rest is None:
         return None
-    text = _BOLD_COLON.sub("", reply[match.end() :], count=1).strip(_NO_STAR_DECORATION)
+    text = _BOLD_COLON.sub("", rest, count=1).strip(_NO_STAR_DECORATION)
     text = _TRAILING_BOLD.sub("", text) if len(text) > 1 else text
     return list(actions).index("*") if text.strip(_NO_STAR_DECORATION) == "*" else None
 
@@ -341,14 +346,13 @@ def points24_oracle(env: gymnasium.Env) -> OracleAction:
     return plan_action(inner, plan, f"No formula makes {inner.target}; the closest is {closest}.")
 
 
-register_task(
-    TaskSpec(
-        env_id=POINTS24_ID,
+TASKS = {
+    "Points24": TaskSpec(
         name="Points24",
-        entry_point="vlmq_core.envs.points24:PointsEnv",
         prompt=POINTS24_PROMPT,
         text_config=TextActionConfig(max_steps=POINTS24_MAX_STEPS),
         parser=parse_points_action,
         oracle=points24_oracle,
     )
-)
+}
+"""This module's task (see :data:`vlmq_core.envs.CATALOG`)."""

@@ -1,6 +1,8 @@
-"""Text-action wrapper: the model replies free text, a parser maps it to an env action (METHOD.md, Table 4).
+"""The text-action interface: the prompt a model reads, the reply syntax, the parser and the reward wrapper.
 
-Model output is untrusted text: it is only parsed (exact match against the action strings), never executed.
+A prompt (:func:`format_prompt`) gives the task, the action docs and an example of the syntax; a reply's action
+is the text after the tag :data:`ACTION_TAG` (METHOD.md, "Setting"); :class:`TextActionEnv` applies Table 4's
+rewards. Model output is untrusted text: it is only parsed, never executed.
 """
 
 from __future__ import annotations
@@ -14,13 +16,56 @@ import gymnasium
 import numpy as np
 from PIL import Image
 
-from vlmq_core.envs.prompts import ACTION_TAG, TaskPrompt, format_prompt
-
+ACTION_TAG = "[action]"
+"""The tag after which a reply's action text starts (the one definition; collection prefills it)."""
 _TAG_RE = re.compile(re.escape(ACTION_TAG), re.IGNORECASE)
 _DECORATION = " \t\r\n`*_#>\"'"
 """Whitespace and markdown decoration stripped around the action text (never ``-`` or ``+``)."""
-_ECHO_CHARS = 40
+ECHO_CHARS = 40
 """At most this many characters of an invalid reply are quoted back in the error message."""
+
+
+@dataclass(frozen=True)
+class TaskPrompt:
+    """Everything but the observation that the model is told about a task."""
+
+    description: str
+    """What the task is and what the goal is."""
+    actions: list[str]
+    """The valid action strings; index i is the inner environment's action i."""
+    action_doc: str
+    """Text documenting each action, one per line."""
+    example: str
+    """An example reply showing the syntax, e.g. ``[action] +``."""
+
+
+def format_prompt(task: TaskPrompt, observation: str, error: str | None = None) -> str:
+    """The full user prompt: description, action docs, reply format + example, then the observation.
+
+    With `error`, the observation part starts with "Your previous reply was invalid: <error>".
+    """
+    lines = [
+        task.description,
+        "Actions:",
+        task.action_doc,
+        f"Reply with `{ACTION_TAG}` followed by exactly one action. Example:",
+        task.example,
+    ]
+    if error is not None:
+        lines.append(f"Your previous reply was invalid: {error}")
+    lines.append(f"Observation: {observation}")
+    return "\n".join(lines)
+
+
+def after_tag(reply: str) -> str | None:
+    """The raw text after the first ``[action]`` tag (case-insensitive), or None when the reply has no tag."""
+    match = _TAG_RE.search(reply)
+    return None if match is None else reply[match.end() :]
+
+
+def shorten(text: str) -> str:
+    """`text` cut to :data:`ECHO_CHARS` characters (with ``...``), for quoting a reply back."""
+    return text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS] + "..."
 
 
 @dataclass
@@ -42,12 +87,10 @@ def _action_text(reply: str) -> str | None:
 
     An optional ``:`` right after the tag (possibly after closing ``**``/``__`` or whitespace) is dropped.
     """
-    match = _TAG_RE.search(reply)
-    if match is None:
+    rest = after_tag(reply)
+    if rest is None:
         return None
-    rest = reply[match.end() :].lstrip(_DECORATION)
-    rest = rest.removeprefix(":")
-    return rest.strip(_DECORATION)
+    return rest.lstrip(_DECORATION).removeprefix(":").strip(_DECORATION)
 
 
 def parse_action(reply: str, actions: Sequence[str]) -> int | None:
@@ -70,8 +113,7 @@ def invalid_reason(reply: str, actions: Sequence[str]) -> str:
         return f"no `{ACTION_TAG}` tag found."
     if not text:
         return f"no action after `{ACTION_TAG}`."
-    shown = text if len(text) <= _ECHO_CHARS else text[:_ECHO_CHARS] + "..."
-    return f"{shown!r} is not one of {', '.join(actions)}."
+    return f"{shorten(text)!r} is not one of {', '.join(actions)}."
 
 
 class TextActionEnv(gymnasium.Wrapper):

@@ -1,0 +1,62 @@
+"""What a task is: its prompt, state text, reward-wrapper settings, reply parser and oracle (:class:`TaskSpec`).
+
+Each task module (``numberline.py``, ``blackjack.py``, ...) holds its raw env, its prompt, its oracle and its
+:class:`TaskSpec` in ``TASKS``; :mod:`vlmq_core.envs` lists the modules and builds any task by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import gymnasium
+
+from vlmq_core.envs.text_action import TaskPrompt, TextActionConfig, invalid_reason, parse_action
+
+Parser = Callable[[str, Sequence[str]], "int | None"]
+"""``parser(reply, actions) -> action index or None`` (None: the reply is invalid)."""
+
+
+@dataclass(frozen=True)
+class OracleAction:
+    """What an oracle decides: the raw env's action index and a short reason (its optional "thought")."""
+
+    action: int
+    thought: str = ""
+
+
+Oracle = Callable[[gymnasium.Env], OracleAction]
+"""``oracle(raw_env) -> OracleAction``: a strong policy reading the raw (unwrapped) env's state."""
+
+
+def state_text(env: gymnasium.Env) -> str:
+    """The raw env's own ``text()`` state summary, through any wrappers; TypeError if it has none."""
+    inner = env.unwrapped
+    if not callable(getattr(inner, "text", None)):
+        raise TypeError(f"{type(inner).__name__} has no text() state summary; give the TaskSpec a text_fn")
+    return inner.text()
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything :func:`vlmq_core.envs.make_env` needs to put one task behind the text-action wrapper."""
+
+    name: str
+    """Short name accepted by `make_env`, e.g. ``NumberLine``; the gymnasium id is ``vlmq/<name>-v0``."""
+    prompt: TaskPrompt
+    """Task description, action docs and syntax example (actions ordered as the raw env's Discrete actions)."""
+    text_fn: Callable[[gymnasium.Env], str] = state_text
+    """State summary of the raw env (the observation text o_t); default :func:`state_text`."""
+    text_config: TextActionConfig = field(default_factory=TextActionConfig)
+    """Reward-wrapper settings (METHOD.md Table 4; the default is the Gym Cards column)."""
+    parser: Parser = parse_action
+    """Maps a reply to an action index (Gym Cards: exact match after the tag)."""
+    invalid_reason: Callable[[str, Sequence[str]], str] = invalid_reason
+    """Short explanation of why a reply is invalid, shown in the next prompt."""
+    oracle: Oracle | None = None
+    """A strong policy standing in for "a more capable model" (None if the task has none)."""
+
+    @property
+    def env_id(self) -> str:
+        """The raw env's gymnasium id, ``vlmq/<name>-v0``."""
+        return f"vlmq/{self.name}-v0"
