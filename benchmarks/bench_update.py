@@ -1,17 +1,16 @@
 """Time of one training update with and without the shared prompt prefix (a benchmark, not a test).
 
 Builds ``--batches`` minibatches of ``--batch-size`` NumberLine turns from random valid replies (no dataset
-or hub needed), then times ``compute_loss`` + ``backward`` on each, alternating the two settings on the same
-minibatches (``ModelConfig.share_prefix`` on / off) after one warm-up pass each. Prints milliseconds per
-update for SFT (Eq. 3) and AFSFT with the critic (Eq. 4-7, next-prompt pass included), their ratios, and
-the largest loss difference between the settings. Run:
+or hub needed), then times the loss (``objective.minibatch_loss``, pure: both settings see the same state) +
+``backward`` on each, alternating the two settings on the same minibatches (``ModelConfig.share_prefix`` on /
+off) after one warm-up pass each. Prints milliseconds per update for SFT (Eq. 3) and AFSFT with the critic
+(Eq. 4-7, next-prompt pass included), their ratios, and the largest loss difference between the settings. Run:
 ``python benchmarks/bench_update.py [--model embedded] [--batches 6] [--batch-size 8] [--device auto]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import tempfile
 import time
 
@@ -19,30 +18,26 @@ import numpy as np
 import torch
 
 from vlmq_core.buffer import TurnBuffer
-from vlmq_core.collect import CollectConfig, collect
+from vlmq_core.collect import CollectConfig, SourceConfig, collect
+from vlmq_core.losses import LossConfig
 from vlmq_core.model import ModelConfig, PolicyConfig, load_policy
+from vlmq_core.objective import minibatch_loss
 from vlmq_core.tokens import build_batch
-from vlmq_core.update import LossConfig, compute_loss
 
 
 def time_update(policy, batch, loss_cfg: LossConfig, share: bool) -> tuple[float, float]:
-    """Seconds of one loss + backward (gradients dropped), and the loss value. The PopArt statistics (and the
-    heads it rescales) are restored afterwards, so both settings see the same state."""
-    saved = {k: copy.deepcopy(getattr(policy, k).state_dict()) for k in ("critic", "target_critic", "popart")}
+    """Seconds of one loss + backward (gradients dropped), and the loss value."""
     policy.cfg.model.share_prefix = share
     policy.model.zero_grad(set_to_none=True)
     policy.critic.zero_grad(set_to_none=True)
     if policy.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    loss, _ = compute_loss(policy, batch, loss_cfg, beta=0.0)
+    loss, _ = minibatch_loss(policy, batch, loss_cfg, beta=0.0)
     loss.backward()
     if policy.device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    for k, state in saved.items():
-        getattr(policy, k).load_state_dict(state)
-    return seconds, loss.item()
+    return time.perf_counter() - t0, loss.item()
 
 
 def main() -> None:
@@ -57,7 +52,7 @@ def main() -> None:
     policy.eval()  # no LoRA dropout: both settings compute the same function
     with tempfile.TemporaryDirectory() as tmp:
         buffer = TurnBuffer(tmp)
-        collect(None, CollectConfig(task="NumberLine", strategy="random"), 40, seed=0, buffer=buffer, progress=False)
+        collect(None, CollectConfig(task="NumberLine"), SourceConfig("random", 40, 0), buffer=buffer, progress=False)
         rng = np.random.default_rng(0)
         batches = [build_batch(policy, buffer.sample(args.batch_size, rng)) for _ in range(args.batches)]
     tokens = np.mean([b.inputs["input_ids"].numel() for b in batches])

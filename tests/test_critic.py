@@ -48,12 +48,12 @@ def test_make_target_is_a_frozen_copy():
 @pytest.mark.parametrize("beta", [5e-4, 0.3])
 def test_popart_preserves_unnormalised_outputs(beta):
     critic, target = heads()
-    popart = PopArt(beta=beta, init_nu=100.0)
+    popart = PopArt(init_nu=100.0)
     h = torch.randn(64, 16)
     before = [popart.denormalize(m(h)) for m in (critic, target)]
     mu0, sigma0 = popart.mu.item(), popart.sigma.item()
     for _ in range(5):
-        popart.update(40.0 + 3.0 * torch.randn(128), [critic, target])
+        popart.update(PopArt.sums(40.0 + 3.0 * torch.randn(128)), beta, [critic, target])
     assert popart.mu.item() != pytest.approx(mu0) and popart.sigma.item() != pytest.approx(sigma0)
     for b, m in zip(before, (critic, target), strict=True):
         after = popart.denormalize(m(h))
@@ -62,9 +62,10 @@ def test_popart_preserves_unnormalised_outputs(beta):
 
 
 def test_popart_statistics_math():
-    popart = PopArt(beta=0.25, init_nu=100.0)
+    popart = PopArt(init_nu=100.0)
     y = torch.tensor([2.0, 4.0])
-    popart.update(y, [])
+    assert PopArt.sums(y).tolist() == [6.0, 20.0, 2.0]
+    popart.update(PopArt.sums(y), 0.25, [])
     mu = 0.75 * 0 + 0.25 * 3.0
     nu = 0.75 * 100 + 0.25 * 10.0
     assert popart.mu.item() == pytest.approx(mu)
@@ -79,16 +80,16 @@ def test_popart_empty_targets_change_nothing():
     critic, target = heads()
     popart = PopArt()
     w = critic.last.weight.clone()
-    popart.update(torch.zeros(0), [critic, target])
+    popart.update(PopArt.sums(torch.zeros(0)), 0.1, [critic, target])
     assert popart.mu.item() == 0 and popart.nu.item() == 100.0
     assert torch.equal(critic.last.weight, w)
 
 
 def test_disabled_popart_is_identity():
     critic, target = heads()
-    popart = PopArt(beta=0.3, init_nu=100.0, enabled=False)
+    popart = PopArt(init_nu=100.0, enabled=False)
     w, b = critic.last.weight.clone(), critic.last.bias.clone()
-    popart.update(40.0 + torch.randn(32), [critic, target])
+    popart.update(PopArt.sums(40.0 + torch.randn(32)), 0.3, [critic, target])
     assert popart.mu.item() == 0.0 and popart.sigma.item() == 1.0
     assert torch.equal(critic.last.weight, w) and torch.equal(critic.last.bias, b)
     x = torch.randn(5)
@@ -146,7 +147,7 @@ def test_pessimistic_init_keeps_a_near_deterministic_token_that_random_init_drop
     for init, kept in ((0.0, False), (-1.4, True)):
         q = torch.full((1, vocab), init)
         q[0, 0] = -0.3
-        adv = losses.advantages(q[:, 0], logits, q)
+        adv = losses.q_advantage(q[:, 0], logits, q)
         assert bool(losses.advantage_filter(adv, 0.0)[0]) is kept
 
 
@@ -159,21 +160,21 @@ def correlated(n: int, d: int = 16, seed: int = 0, shift: float = 5.0) -> torch.
 
 def test_whitening_observe_exact_pools_batches():
     x = correlated(300)
-    w = InputWhitening(16, beta=0.5)
-    w.observe(x[:100], exact=True)
-    w.observe(x[100:], exact=True)
+    w = InputWhitening(16)
+    w.observe(x[:100], beta=0.5, exact=True)
+    w.observe(x[100:], beta=0.5, exact=True)
     torch.testing.assert_close(w.mean, x.mean(0), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(w.cov, torch.cov(x.T, correction=0), atol=1e-5, rtol=1e-5)
     assert float(w.count) == 300
 
 
 def test_whitening_running_rate_is_exact_then_beta():
-    w = InputWhitening(2, beta=0.1)
-    w.observe(torch.tensor([[1.0, 1.0]]))  # first batch: rate 1
-    w.observe(torch.tensor([[3.0, 3.0]]))  # rate max(0.1, 1/2) = 1/2
+    w = InputWhitening(2)
+    w.observe(torch.tensor([[1.0, 1.0]]), beta=0.1)  # first batch: rate 1
+    w.observe(torch.tensor([[3.0, 3.0]]), beta=0.1)  # rate max(0.1, 1/2) = 1/2
     torch.testing.assert_close(w.mean, torch.tensor([2.0, 2.0]))
     for _ in range(30):
-        w.observe(torch.tensor([[0.0, 0.0]]))  # rate decays to beta = 0.1, never below
+        w.observe(torch.tensor([[0.0, 0.0]]), beta=0.1)  # rate decays to beta = 0.1, never below
     rates = 1.0
     for k in range(30):
         rates *= 1 - max(0.1, 1 / (3 + k))
@@ -182,11 +183,11 @@ def test_whitening_running_rate_is_exact_then_beta():
 
 def test_whitening_refresh_whitens_and_preserves_both_heads_outputs():
     critic, target = heads()
-    w = InputWhitening(16, beta=0.5, eps=1e-6)
+    w = InputWhitening(16)
     h = correlated(500, seed=1)
     before = [m(w(h)) for m in (critic, target)]
-    w.observe(h, exact=True)
-    w.refresh([critic, target])
+    w.observe(h, beta=0.5, exact=True)
+    w.refresh([critic, target], eps=1e-6)
     x = w(h)
     torch.testing.assert_close(x.mean(0), torch.zeros(16), atol=1e-3, rtol=0)
     torch.testing.assert_close(torch.cov(x.T, correction=0), torch.eye(16), atol=2e-2, rtol=0)  # float32 buffers
@@ -195,8 +196,8 @@ def test_whitening_refresh_whitens_and_preserves_both_heads_outputs():
     # a second refresh on shifted statistics: outputs still preserved, the transform moved
     matrix = w.matrix.clone()
     before = [m(w(h)) for m in (critic, target)]
-    w.observe(correlated(500, seed=2, shift=-3.0))
-    w.refresh([critic, target])
+    w.observe(correlated(500, seed=2, shift=-3.0), beta=0.5)
+    w.refresh([critic, target], eps=1e-6)
     assert not torch.allclose(w.matrix, matrix)
     for b, m in zip(before, (critic, target), strict=True):
         torch.testing.assert_close(m(w(h)), b, atol=1e-3, rtol=1e-4)
@@ -219,7 +220,7 @@ def auc_after_adam(x: torch.Tensor, good: torch.Tensor, steps: int = 100) -> flo
     """The critic's MLP shape regressed on a +-0.1 reward with Adam (lr 6e-4, 8 per step); held-out AUC."""
     torch.manual_seed(0)
     n = len(x) * 2 // 3
-    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 400), torch.nn.ReLU(), torch.nn.Linear(400, 1))
+    net = CriticHead(x.shape[1], 1, 400)
     opt = torch.optim.Adam(net.parameters(), lr=6e-4)
     y = good.float() * 0.2 - 0.1
     g = torch.Generator().manual_seed(0)
@@ -251,9 +252,9 @@ def test_whitening_lets_the_critic_mlp_read_a_tight_far_cluster():
     local[:, -1] += scale[-1] * (good.float() * 2 - 1)  # ...split along its smallest direction
     cluster = (torch.randn(d, generator=g) * scale * 3) @ rot + local @ rot  # ...far from the rest
     every = torch.cat([others, cluster])
-    w = InputWhitening(d, eps=0.01)
+    w = InputWhitening(d)
     w.observe(every, exact=True)
-    w.refresh([])
+    w.refresh([], eps=0.01)
     raw = auc_after_adam(cluster, good)
     standardised = auc_after_adam((cluster - every.mean(0)) / every.std(0), good)
     white = auc_after_adam(w(cluster), good)

@@ -56,13 +56,12 @@ def test_afsft_denominator_counts_all_tokens():
     assert g.tolist() == [-0.25, 0.0, -0.25, 0.0]  # dropped tokens get no gradient
 
 
-def test_td_advantages_by_hand():
-    """A = y - sum_a pi(a|h) Q(h, a): the taken token's target replaces its Q; no gradient."""
+def test_td_advantage_by_hand():
+    """A = (y - V_bar(h)) / sigma: the taken token's target replaces its Q, in PopArt units; no gradient."""
     y = torch.tensor([1.0, -1.0], requires_grad=True)
-    logits = torch.zeros(2, 2, requires_grad=True)  # pi uniform over 2 tokens
-    q = torch.tensor([[0.0, 2.0], [1.0, 1.0]], requires_grad=True)  # V = [1, 1]
-    adv = losses.td_advantages(y, logits, q)
-    assert torch.allclose(adv, torch.tensor([0.0, -2.0]))
+    v_bar = torch.tensor([1.0, 1.0], requires_grad=True)
+    adv = losses.td_advantage(y, v_bar, torch.tensor(2.0))
+    assert torch.allclose(adv, torch.tensor([0.0, -1.0]))
     assert not adv.requires_grad
     assert losses.advantage_filter(adv, 0.0).tolist() == [True, False]
 
@@ -119,7 +118,7 @@ def test_expected_value_is_the_exact_sum():
     q = torch.tensor([[4.0, 8.0], [2.0, -6.0]])
     v = losses.expected_value(logits, q)
     assert v.tolist() == pytest.approx([0.25 * 4 + 0.75 * 8, 0.5 * 2 - 0.5 * 6])
-    adv = losses.advantages(torch.tensor([8.0, 2.0]), logits, q)
+    adv = losses.q_advantage(torch.tensor([8.0, 2.0]), logits, q)
     assert adv.tolist() == pytest.approx([8.0 - 7.0, 2.0 + 2.0])
 
 
@@ -158,5 +157,3 @@ def test_beta_schedule():
     assert losses.beta_schedule(10, 10, beta=0.5) == 0.5
     assert losses.beta_schedule(1000, 10, beta=0.5) == 0.5
     assert losses.beta_schedule(0, 0) == 0.0
-    ramp = [losses.beta_schedule(s, 10, beta=0.0, ramp_steps=4, ramp_from=-2.0) for s in range(9, 16)]
-    assert ramp == [-math.inf, -2.0, -1.5, -1.0, -0.5, 0.0, 0.0]

@@ -19,23 +19,11 @@ from vlmq_core.model import (
     load_checkpoint,
     load_policy,
 )
-from vlmq_core.tiny import save_tiny, tiny_idefics3, tiny_llama, tiny_llava
 
 FAMILIES = ["llama", "idefics3", "llava"]
 VLMS = ("idefics3", "llava")
 STOP = {"llama": "<|im_end|>", "idefics3": "<end_of_utterance>", "llava": "<|im_end|>"}
 VISION = {"idefics3": ("vision_model", "connector"), "llava": ("vision_tower", "multi_modal_projector")}
-
-
-@pytest.fixture(scope="module")
-def tiny_folders(tmp_path_factory):
-    """Both tiny models saved as hub-style folders."""
-    root = tmp_path_factory.mktemp("tiny")
-    return {
-        "llama": str(save_tiny(*tiny_llama(), root / "llama")),
-        "idefics3": str(save_tiny(*tiny_idefics3(), root / "idefics3")),
-        "llava": str(save_tiny(*tiny_llava(), root / "llava")),
-    }
 
 
 def policy_of(request, family: str) -> Policy:

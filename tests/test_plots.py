@@ -7,11 +7,11 @@ import math
 import plotly.graph_objects as go
 import pytest
 
+from vlmq_core.inspector import TokenView
 from vlmq_core.plots import (
     KEPT_COLOR,
     MASK_MARK,
     MASKED_COLOR,
-    TokenView,
     eval_bars,
     learning_curves,
     metric_series,
@@ -56,10 +56,9 @@ def _afsft_history(n: int = 6) -> list[dict]:
 
 
 def _sft_history(n: int = 6) -> list[dict]:
-    # the SFT path logs no critic keys and its NLL as actor/sft_nll
+    # the SFT path logs no critic keys
     return [
-        {"step": s, "train/loss": 2.0 - 0.1 * s, "actor/sft_nll": 2.0 - 0.1 * s, "train/beta": -math.inf}
-        for s in range(n)
+        {"step": s, "train/loss": 2.0 - 0.1 * s, "actor/nll": 2.0 - 0.1 * s, "train/beta": -math.inf} for s in range(n)
     ]
 
 
@@ -80,7 +79,7 @@ def test_learning_curves_default_keys_runs_and_colours():
     assert titles == ["train/loss", "actor/nll", "actor/kept_frac", "critic/loss", "critic/q_taken", "critic/adv_mean"]
     by = _traces_by_subplot(fig)
     assert [t.name for t in by["train/loss"]] == ["sft", "afsft"]
-    assert [t.name for t in by["actor/nll"]] == ["sft", "afsft"]  # alias actor/sft_nll
+    assert [t.name for t in by["actor/nll"]] == ["sft", "afsft"]
     assert [t.name for t in by["critic/loss"]] == ["afsft"]  # missing keys tolerated
     colours = {}
     for tr in fig.data:

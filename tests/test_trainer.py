@@ -6,23 +6,28 @@ import pytest
 import torch
 
 from vlmq_core.buffer import TurnBuffer
-from vlmq_core.collect import CollectConfig, collect
+from vlmq_core.collect import CollectConfig, SourceConfig, collect
+from vlmq_core.config import ConfigError
 from vlmq_core.critic import CriticConfig
+from vlmq_core.losses import LossConfig
 from vlmq_core.model import Policy, PolicyConfig
 from vlmq_core.tiny import tiny_llama
 from vlmq_core.trainer import TrainConfig, Trainer, load_history
-from vlmq_core.update import LossConfig
+
+
+SMALL_CRITIC = CriticConfig(hidden=32)
+"""A narrow critic: its |V|-wide output layer (49152 tokens) dominates a tiny model's update time."""
 
 
 def make_policy(cfg: PolicyConfig | None = None) -> Policy:
     model, tok = tiny_llama(seed=0)
     torch.manual_seed(0)
-    return Policy(model, tok, False, cfg or PolicyConfig())
+    return Policy(model, tok, False, cfg or PolicyConfig(critic=SMALL_CRITIC))
 
 
-def cfg(run_dir=None, steps=4, **kw) -> TrainConfig:
+def cfg(steps=4, **kw) -> TrainConfig:
     base = {"steps": steps, "batch_size": 2, "grad_accum": 2, "lr_lora": 1e-3, "warmup_lora": 2, "warmup_critic": 2}
-    return TrainConfig(**{**base, "run_dir": str(run_dir) if run_dir else None, "checkpoint_every": 2, **kw})
+    return TrainConfig(**{**base, "checkpoint_every": 2, **kw})
 
 
 def trainable(policy: Policy) -> dict[str, torch.Tensor]:
@@ -35,7 +40,7 @@ def trainable(policy: Policy) -> dict[str, torch.Tensor]:
 def test_fit_writes_metrics_and_a_checkpoint(tmp_path, buffer):
     policy = make_policy()
     before = trainable(policy)
-    history = Trainer(policy, buffer, cfg(tmp_path, steps=3), LossConfig(filter_start_step=1)).fit(progress=False)
+    history = Trainer(policy, buffer, cfg(steps=3), LossConfig(filter_start_step=1), tmp_path).fit(progress=False)
     assert [m["step"] for m in history] == [1, 2, 3]
     assert history[0]["train/beta"] == float("-inf") and history[1]["train/beta"] == 0.0
     assert {"train/loss", "actor/kept_frac", "critic/loss", "train/grad_norm", "train/lr_lora"} <= set(history[-1])
@@ -49,14 +54,14 @@ def test_fit_writes_metrics_and_a_checkpoint(tmp_path, buffer):
 
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, buffer):
     straight = make_policy()
-    h_straight = Trainer(straight, buffer, cfg(tmp_path / "a")).fit(progress=False)
+    h_straight = Trainer(straight, buffer, cfg(), run_dir=tmp_path / "a").fit(progress=False)
 
     first = make_policy()
-    Trainer(first, buffer, cfg(tmp_path / "b", steps=2)).fit(progress=False)
+    Trainer(first, buffer, cfg(steps=2), run_dir=tmp_path / "b").fit(progress=False)
     with open(tmp_path / "b" / "metrics.jsonl", "a") as f:  # a step that ran after the checkpoint, then a kill
         f.write(json.dumps({"step": 3, "train/loss": 123.0}) + "\n" + '{"step": 4, "trai')
     resumed = make_policy()
-    trainer = Trainer(resumed, buffer, cfg(tmp_path / "b"))
+    trainer = Trainer(resumed, buffer, cfg(), run_dir=tmp_path / "b")
     assert trainer.step == 2 and [m["step"] for m in trainer.history] == [1, 2]
     h_resumed = trainer.fit(progress=False)
 
@@ -67,16 +72,17 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, buffer):
 
 
 def test_whitened_critic_calibrates_refreshes_and_resumes(tmp_path, buffer):
-    pcfg = PolicyConfig(critic=CriticConfig(whiten=True, whiten_every=2, whiten_calib_turns=3))
+    pcfg = PolicyConfig(critic=CriticConfig(hidden=32, whiten=True))
+    wcfg = {"whiten_every": 2, "whiten_calib_turns": 3}
     straight = make_policy(pcfg)
-    h_straight = Trainer(straight, buffer, cfg(tmp_path / "a")).fit(progress=False)
+    h_straight = Trainer(straight, buffer, cfg(**wcfg), run_dir=tmp_path / "a").fit(progress=False)
     w = straight.whiten
     assert int(w.refreshes) == 3  # calibration, then after updates 2 and 4
     assert float(w.count) > 0 and not torch.equal(w.matrix, torch.eye(len(w.offset)))
 
-    Trainer(make_policy(pcfg), buffer, cfg(tmp_path / "b", steps=2)).fit(progress=False)
+    Trainer(make_policy(pcfg), buffer, cfg(steps=2, **wcfg), run_dir=tmp_path / "b").fit(progress=False)
     resumed = make_policy(pcfg)
-    trainer = Trainer(resumed, buffer, cfg(tmp_path / "b"))
+    trainer = Trainer(resumed, buffer, cfg(**wcfg), run_dir=tmp_path / "b")
     assert trainer.step == 2 and int(resumed.whiten.refreshes) == 2  # loaded, not calibrated again
     h_resumed = trainer.fit(progress=False)
     assert [m["train/loss"] for m in h_resumed] == pytest.approx([m["train/loss"] for m in h_straight], rel=1e-5)
@@ -89,10 +95,10 @@ def test_whitened_critic_calibrates_refreshes_and_resumes(tmp_path, buffer):
 
 def test_resume_uses_the_previous_checkpoint_when_killed_mid_write(tmp_path, buffer):
     policy = make_policy()
-    Trainer(policy, buffer, cfg(tmp_path, steps=2)).fit(progress=False)
+    Trainer(policy, buffer, cfg(steps=2), run_dir=tmp_path).fit(progress=False)
     (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")  # killed between the two renames
     (tmp_path / "checkpoint.tmp").mkdir()  # and a half-written new one
-    trainer = Trainer(make_policy(), buffer, cfg(tmp_path, steps=2))
+    trainer = Trainer(make_policy(), buffer, cfg(steps=2), run_dir=tmp_path)
     assert trainer.step == 2
 
 
@@ -105,7 +111,7 @@ def test_sft_trains_no_critic_and_maxq_runs(tmp_path, buffer):
         assert torch.equal(v, critic_before[k]), k
     h = Trainer(make_policy(), buffer, cfg(steps=1), LossConfig(actor="maxq")).fit(progress=False)
     assert "actor/maxq_loss" in h[-1]
-    with pytest.raises(ValueError, match="actor"):
+    with pytest.raises(ConfigError, match="actor"):
         LossConfig(actor="ppo")
 
 
@@ -114,15 +120,14 @@ def test_a_dataset_written_with_one_model_trains_another(tmp_path):
 
     writer = make_policy()  # text-only tiny Llama writes replies; images are stored anyway
     data = TurnBuffer(tmp_path / "data")
-    collect(
-        writer, CollectConfig(strategy="min_format", num_envs=2, max_reply_tokens=3), 2, buffer=data, progress=False
-    )
-    collect(None, CollectConfig(strategy="random", num_envs=2), 2, seed=7, buffer=data, progress=False)
+    play = CollectConfig(num_envs=2, max_reply_tokens=3)
+    collect(writer, play, SourceConfig("min_format", 2, 0), buffer=data, progress=False)
+    collect(None, play, SourceConfig("random", 2, 7), buffer=data, progress=False)
     assert all(t.image is not None for t in data.turns)
 
     vlm_model, processor = tiny_idefics3(seed=1)
     torch.manual_seed(0)
-    reader = Policy(vlm_model, processor, True, PolicyConfig(), name="tiny-idefics3")
+    reader = Policy(vlm_model, processor, True, PolicyConfig(critic=SMALL_CRITIC), name="tiny-idefics3")
     before = trainable(reader)
     h = Trainer(reader, TurnBuffer(tmp_path / "data"), cfg(steps=1, batch_size=3, grad_accum=1)).fit(progress=False)
     assert h[-1]["train/reply_tokens"] > 0

@@ -10,54 +10,44 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
+from vlmq_core.config import ConfigError, check_fields
+
 
 @dataclass
 class CriticConfig:
-    """Critic head, target critic and PopArt settings (METHOD.md, Tables 2-3)."""
+    """The critic head as built: its width, initial values and input/output normalisation (METHOD.md, "Heads").
+
+    How it trains (target EMA rate, PopArt rate, whitening refreshes) is ``vlmq_core.trainer.TrainConfig``'s."""
 
     hidden: int = 400
-    """Width of the critic MLP's hidden layer."""
-    tau: float = 0.008
-    """EMA rate of the target critic: phi_bar <- (1 - tau) phi_bar + tau phi."""
+    """Width of the critic MLP's hidden layer (Tables 2-3: 400)."""
     popart: bool = True
-    """Normalise TD targets with PopArt; False keeps mu=0, sigma=1 (plain TD)."""
-    popart_beta: float = 5e-4
-    """PopArt statistics rate (beta_popart)."""
+    """Normalise TD targets with PopArt (the paper); False keeps mu = 0, sigma = 1 (plain TD)."""
     popart_init_nu: float = 100.0
-    """Initial second moment nu of the TD targets (sigma starts at sqrt(nu))."""
-    init_q: float | None = None
-    """If set, every Q-value starts at this unnormalised value (output layer: zero weights, constant bias).
+    """Initial second moment nu of the TD targets; sigma starts at sqrt(nu) (Tables 2-3: 100)."""
+    init_q: float | Literal["min_return_to_go"] | None = None
+    """Start every Q-value at this unnormalised value (output layer: zero weights, constant bias); ``min_return_to_go``
+    is the dataset's lowest return-to-go, computed when training starts. None: PyTorch's random init (the paper's).
 
-    None keeps PyTorch's random init (the paper's). Why it matters: V(h) = sum_a pi(a|h) Q(h, a) runs over the
-    whole vocabulary, and tokens never seen in the data keep their initial Q. With random init those sit near 0;
-    when the data's returns are negative, every frequent, near-deterministic correct token then gets A < 0 and
-    the filter drops it (measured on NumberLine: the formatting tokens `[`, `action` kept 0/46 times, 0% valid
-    replies after AFSFT). A pessimistic value at or below the data's lowest return-to-go keeps unseen tokens
-    below the seen ones. See :func:`vlmq_core.buffer.TurnBuffer.min_return_to_go`.
-    """
+    Why it matters (docs/FINDINGS.md, finding 1): V(h) = sum_a pi(a|h) Q(h, a) runs over the whole vocabulary,
+    and tokens never seen in the data keep their initial Q. With random init those sit near 0; when the data's
+    returns are negative, every near-deterministic correct token then gets A < 0 and the filter drops it
+    (NumberLine: 0% valid replies after AFSFT). A value at or below the lowest return-to-go keeps unseen tokens
+    below the seen ones."""
     whiten: bool = False
-    """Feed the critic ZCA-whitened hidden states, ``x = (h - m) W`` (:class:`InputWhitening`). Not in the paper.
+    """Feed the critic ZCA-whitened hidden states, ``x = (h - m) W`` (:class:`InputWhitening`; ours, not the paper's).
+    The decisive NumberLine states form a tight cluster far from the mean of all reply positions; whitened, a
+    critic MLP separates good from bad moves in 100 steps instead of thousands (docs/FINDINGS.md, finding 3)."""
 
-    Why it matters, measured on NumberLine (``scripts/diagnostics/critic_probe.py``): the decisive states (e.g. the
-    stop token after ``+``/``-``) form a tight cluster far from the mean of all reply positions. The move's
-    quality is linearly readable there (probe accuracy 1.0), yet the critic MLP regressed on the turn reward
-    reaches held-out AUC 0.58 (raw) or 0.64 (per-feature standardised) after 100 Adam steps; whitened with
-    statistics of all reply positions, 0.999. Off by default (the paper's raw hidden states); notebook 03
-    turns it on with n-step targets (``LossConfig.td_steps``), see ``docs/PAPER_MAP.md``.
-    """
-    whiten_eps: float = 0.01
-    """Whitening regulariser: eigenvalues of the covariance get ``eps * mean eigenvalue`` added."""
-    whiten_beta: float = 0.05
-    """Rate of the running input statistics per update (after a first exact average over the calibration)."""
-    whiten_every: int = 10
-    """Recompute the whitening from the running statistics every this many updates (0: only at calibration).
-    10 / 0.05 gave the best filter in joint NumberLine runs (README); 100 / 0.01 and calibration-only did worse."""
-    whiten_calib_turns: int = 64
-    """Turns run through the backbone (no gradient) to estimate the statistics before the first update."""
+    def __post_init__(self) -> None:
+        check_fields(self, "critic.")
+        if self.hidden < 1 or self.popart_init_nu <= 0:
+            raise ConfigError(f"critic.hidden must be >= 1 and critic.popart_init_nu > 0, got {self}.")
 
 
 class CriticHead(nn.Module):
@@ -91,9 +81,9 @@ def init_constant(head: CriticHead, value_normalised: float) -> None:
 class PopArt(nn.Module):
     """Running mean ``mu`` and second moment ``nu`` of TD targets; sigma = sqrt(nu - mu^2)."""
 
-    def __init__(self, beta: float = 5e-4, init_nu: float = 100.0, enabled: bool = True):
+    def __init__(self, init_nu: float = 100.0, enabled: bool = True):
         super().__init__()
-        self.beta, self.enabled = beta, enabled
+        self.enabled = enabled
         self.register_buffer("mu", torch.zeros(()))
         self.register_buffer("nu", torch.tensor(float(init_nu) if enabled else 1.0))
 
@@ -107,16 +97,23 @@ class PopArt(nn.Module):
     def denormalize(self, q: torch.Tensor) -> torch.Tensor:
         return q * self.sigma + self.mu
 
+    @staticmethod
+    def sums(targets: torch.Tensor) -> torch.Tensor:
+        """Sufficient statistics of a minibatch's targets (N,): ``[sum y, sum y^2, N]`` (float64, summable over
+        processes before :meth:`update`)."""
+        y = targets.detach().double()
+        return torch.stack([y.sum(), (y**2).sum(), torch.tensor(float(y.numel()), dtype=y.dtype, device=y.device)])
+
     @torch.no_grad()
-    def update(self, targets: torch.Tensor, heads: list[CriticHead]) -> None:
-        """Move the statistics towards ``targets`` (N,) and rescale each head's last layer so its
-        *unnormalised* outputs are unchanged (PopArt's "preserving outputs precisely")."""
-        if not self.enabled or targets.numel() == 0:
+    def update(self, sums: torch.Tensor, beta: float, heads: list[CriticHead]) -> None:
+        """Move the statistics towards the targets' mean and mean square (rate `beta`) and rescale each head's last
+        layer so its *unnormalised* outputs are unchanged (PopArt's "preserving outputs precisely")."""
+        if not self.enabled or float(sums[2]) == 0:
             return
         mu_old, sigma_old = self.mu.clone(), self.sigma.clone()
-        y = targets.detach().double()
-        self.mu.mul_(1 - self.beta).add_(self.beta * y.mean().to(self.mu.dtype))
-        self.nu.mul_(1 - self.beta).add_(self.beta * (y**2).mean().to(self.nu.dtype))
+        mean, mean_sq = sums[0] / sums[2], sums[1] / sums[2]
+        self.mu.mul_(1 - beta).add_(beta * mean.to(self.mu))
+        self.nu.mul_(1 - beta).add_(beta * mean_sq.to(self.nu))
         sigma_new = self.sigma
         for head in heads:
             layer = head.last
@@ -134,9 +131,9 @@ class InputWhitening(nn.Module):
     between refreshes, not learned. Disabled, it is the identity.
     """
 
-    def __init__(self, d_model: int, beta: float = 0.01, eps: float = 0.01, enabled: bool = True):
+    def __init__(self, d_model: int, enabled: bool = True):
         super().__init__()
-        self.beta, self.eps, self.enabled = beta, eps, enabled
+        self.enabled = enabled
         self.register_buffer("offset", torch.zeros(d_model))  # m
         self.register_buffer("matrix", torch.eye(d_model))  # W (symmetric)
         self.register_buffer("mean", torch.zeros(d_model))  # running statistics
@@ -150,22 +147,29 @@ class InputWhitening(nn.Module):
             return h
         return (h - self.offset.to(h.dtype)) @ self.matrix.to(h.dtype)
 
+    @staticmethod
+    def sums(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sufficient statistics of hidden states (N, d): ``(sum x, sum x x^T, N)`` in float64 (summable over
+        processes before :meth:`merge`)."""
+        x = h.detach().reshape(-1, h.shape[-1]).double()
+        return x.sum(0), x.T @ x, torch.tensor(float(x.shape[0]), dtype=x.dtype, device=x.device)
+
     @torch.no_grad()
-    def observe(self, h: torch.Tensor, exact: bool = False) -> None:
-        """Fold hidden states ``h`` (N, d) into the running statistics.
+    def merge(self, sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor], beta: float, exact: bool = False) -> None:
+        """Fold the statistics of :meth:`sums` into the running mean and covariance.
 
         ``exact`` (calibration) averages every state seen so far with equal weight; otherwise the rate is
-        ``max(beta, N / (count + N))``: an exact average until the window of ``1/beta`` updates is full.
+        ``max(beta, n / (count + n))``: an exact average until the window of ``1/beta`` updates is full.
         """
-        if not self.enabled or h.numel() == 0:
+        s1, s2, n = (t.to(self.mean.device) for t in sums)
+        n = float(n)
+        if not self.enabled or n == 0:
             return
-        x = h.detach().reshape(-1, h.shape[-1]).double()
-        n = x.shape[0]
         rate = n / (float(self.count) + n)
         if not exact:
-            rate = max(self.beta, rate)
-        bm = x.mean(0)
-        bc = (x - bm).T @ (x - bm) / n
+            rate = max(beta, rate)
+        bm = s1 / n
+        bc = s2 / n - torch.outer(bm, bm)
         mean, cov = self.mean.double(), self.cov.double()
         delta = bm - mean
         new_cov = (1 - rate) * cov + rate * bc + rate * (1 - rate) * torch.outer(delta, delta)
@@ -173,27 +177,31 @@ class InputWhitening(nn.Module):
         self.cov.copy_(new_cov)
         self.count.add_(n)
 
-    def whitening(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def observe(self, h: torch.Tensor, beta: float = 0.05, exact: bool = False) -> None:
+        """:meth:`merge` the statistics of hidden states `h` (N, d) of this process."""
+        self.merge(self.sums(h), beta, exact)
+
+    def whitening(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(m, W)`` from the running statistics: the mean and ``(C + eps * mean_eig * I)^{-1/2}``."""
         cov = self.cov.double()
         evals, evecs = torch.linalg.eigh((cov + cov.T) / 2)
         evals = evals.clamp(min=0)
-        floor = self.eps * evals.mean().clamp(min=1e-12)
+        floor = eps * evals.mean().clamp(min=1e-12)
         w = (evecs * (evals + floor).rsqrt()) @ evecs.T
         return self.mean.double(), w
 
     @torch.no_grad()
-    def refresh(self, heads: list[CriticHead]) -> None:
+    def refresh(self, heads: list[CriticHead], eps: float = 0.01) -> None:
         """Set ``(m, W)`` from the statistics and rewrite each head's first layer so its outputs are unchanged.
 
         First layer ``z = W1 x + b1`` with ``x = (h - m) W``; the new one is ``W1' = W1 W W'^{-1}``,
-        ``b1' = b1 + W1 W (m' - m)``.
+        ``b1' = b1 + W1 W (m' - m)``. `eps` regularises small eigenvalues (``eps * mean eigenvalue`` is added).
         """
         if not self.enabled or float(self.count) == 0:
             return
         m_old = self.offset.double()
         w_old = self.matrix.double() if int(self.refreshes) > 0 else torch.eye(len(m_old), dtype=torch.float64)
-        m_new, w_new = self.whitening()
+        m_new, w_new = self.whitening(eps)
         w_new_inv = torch.linalg.inv(w_new)
         for head in heads:
             first = head.net[0]

@@ -1,14 +1,52 @@
-"""Loss functions of VLM Q-Learning: pure functions of tensors returning ``(loss, stats)``.
+"""Loss functions of VLM Q-Learning and their settings: pure functions of tensors returning ``(loss, stats)``.
 
 Shapes: ``N`` reply tokens of a minibatch, packed; ``V`` the vocabulary (language head output size).
-Equation numbers are the paper's (METHOD.md restores them).
+Equation numbers are the paper's (METHOD.md restores them). ``vlmq_core.objective`` applies them to a policy.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+from vlmq_core.config import ConfigError, check_fields
+
+
+@dataclass
+class LossConfig:
+    """Which actor loss, and how the critic's targets and the filter's advantage are formed (METHOD.md, "Losses")."""
+
+    actor: Literal["afsft", "sft", "maxq"] = "afsft"
+    """``afsft`` (Eq. 4-5), ``sft`` (Eq. 3) or ``maxq`` (the ablation actor of Fig. 5)."""
+    gamma: float = 0.995
+    """Discount per token transition (Tables 2-3: 0.995)."""
+    critic_weight: float = 1.0
+    """lambda of Eq. 7. With actor ``sft`` and 0 the critic is skipped entirely (plain SFT, no extra pass)."""
+    filter_start_step: int = 0
+    """Updates with beta = -inf (pure SFT) before the advantage filter switches on."""
+    beta: float = 0.0
+    """Filter threshold after the start, in PopArt-normalised advantage units (Eq. 5)."""
+    td_steps: int = 1
+    """Token transitions before the critic target bootstraps inside a reply (:func:`nstep_target`; ours). 1 is
+    Eq. 6; a value above the longest reply gives every reply token the turn's target (r_t + the next turn)."""
+    advantage: Literal["q", "td"] = "q"
+    """Advantage the filter reads: ``q`` is the paper's ``Q(h, a) - V(h)`` (Eq. 5); ``td`` is ``y - V_bar(h)``, the
+    taken token's (n-step) TD target minus the target critic's value (:func:`td_advantage`; ours, docs/PAPER_MAP.md)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "loss.")
+        if self.td_steps < 1:
+            raise ConfigError(f"loss.td_steps must be >= 1 (1 is Eq. 6), not {self.td_steps}.")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigError(f"loss.gamma must be in (0, 1], not {self.gamma}.")
+
+    @property
+    def uses_critic(self) -> bool:
+        """False for plain SFT (actor ``sft``, critic weight 0): no critic, no TD targets."""
+        return not (self.actor == "sft" and self.critic_weight == 0)
 
 
 def sft_loss(logp: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -17,7 +55,7 @@ def sft_loss(logp: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     logp: (N,) log-probability of each taken reply token.
     """
     loss = -logp.mean()
-    return loss, {"actor/sft_nll": loss.item(), "actor/kept_frac": 1.0}
+    return loss, {"actor/kept_frac": 1.0}
 
 
 def advantage_filter(adv: torch.Tensor, beta: float) -> torch.Tensor:
@@ -41,23 +79,24 @@ def expected_value(logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return (logits.float().softmax(-1) * q.float()).sum(-1)
 
 
-def advantages(q_taken: torch.Tensor, logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``A(h, a) = Q(h, a) - V(h)``, no gradient. q_taken: (N,); logits, q: (N, V) -> (N,)."""
+def q_advantage(q_taken: torch.Tensor, logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Eq. 5's advantage ``A(h, a) = Q(h, a) - V(h)``, no gradient. q_taken: (N,); logits, q: (N, V) -> (N,)."""
     return q_taken.detach().float() - expected_value(logits, q.detach())
 
 
-def td_advantages(y: torch.Tensor, logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``A(h, a) = y - V(h)``: the taken token's TD target in place of ``Q(h, a)`` (our option, not Eq. 5's).
+def td_advantage(y: torch.Tensor, v_bar: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """``A(h, a) = (y - V_bar(h)) / sigma``: the taken token's TD target in place of ``Q(h, a)`` (ours, not Eq. 5).
 
     ``y = r + gamma V_bar(h')`` (Eq. 6, or its n-step form) is what ``Q(h, a)`` is regressed on, so this is the
     one-step-lookahead estimate of the same advantage, defined only for tokens taken in the data (where h' is
     known). It separates moves as soon as the reward or the next state's value does, before the critic has
-    learned ``Q(h, a)`` per state; noisier under stochastic transitions. No gradient. ``update.advantages`` passes
-    the *target* critic's q, the one y bootstraps from, so ``A`` is that critic's TD error: with the online
+    learned ``Q(h, a)`` per state; noisier under stochastic transitions. ``V_bar(h) = sum_a pi(a|h) Q_bar(h, a)``
+    is the *target* critic's value, the one y bootstraps from, so ``A`` is that critic's TD error: with the online
     critic's V, the target's lag (1/tau updates, from a pessimistic init) would bias every y below V(h).
-    y: (N,) normalised targets; logits, q: (N, V) -> (N,).
+    Dividing by PopArt's sigma gives the advantage in normalised units, ``normalise(y) - normalise(V_bar)``
+    (mu cancels). No gradient. y, v_bar: (N,) unnormalised -> (N,).
     """
-    return advantages(y, logits, q)
+    return ((y.detach().float() - v_bar.detach().float()) / sigma).float()
 
 
 def td_target(rewards: torch.Tensor, dones: torch.Tensor, next_v: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -112,16 +151,6 @@ def joint_loss(actor: torch.Tensor, critic: torch.Tensor, critic_weight: float) 
     return actor + critic_weight * critic
 
 
-def beta_schedule(
-    step: int, filter_start_step: int, beta: float = 0.0, ramp_steps: int = 0, ramp_from: float = -1.0
-) -> float:
-    """Filter threshold per update: ``-inf`` before ``filter_start_step`` (pure SFT), then ``beta``.
-
-    With ``ramp_steps > 0`` the threshold rises linearly from ``ramp_from`` to ``beta`` over that many updates.
-    """
-    if step < filter_start_step:
-        return -math.inf
-    if ramp_steps > 0 and step < filter_start_step + ramp_steps:
-        frac = (step - filter_start_step) / ramp_steps
-        return ramp_from + frac * (beta - ramp_from)
-    return beta
+def beta_schedule(step: int, filter_start_step: int, beta: float = 0.0) -> float:
+    """Filter threshold of update `step`: ``-inf`` before ``filter_start_step`` (pure SFT, Eq. 3), then ``beta``."""
+    return -math.inf if step < filter_start_step else beta

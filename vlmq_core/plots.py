@@ -9,11 +9,14 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
+
+if TYPE_CHECKING:
+    from vlmq_core.inspector import TokenView
 
 #: Metrics ``learning_curves`` shows by default (those present in at least one run).
 DEFAULT_CURVE_KEYS: tuple[str, ...] = (
@@ -24,39 +27,10 @@ DEFAULT_CURVE_KEYS: tuple[str, ...] = (
     "critic/q_taken",
     "critic/adv_mean",
 )
-#: Other names a run may log a metric under (first found wins), e.g. the SFT path logs ``actor/sft_nll``.
-KEY_ALIASES: dict[str, tuple[str, ...]] = {
-    "train/loss": ("loss",),
-    "actor/nll": ("actor/sft_nll",),
-}
 RUN_COLORS: tuple[str, ...] = tuple(qualitative.Plotly)
 KEPT_COLOR = "#2ca02c"  # green: the filter keeps the token (A >= beta)
 MASKED_COLOR = "#d62728"  # red: the filter masks the token out of the actor loss
 MASK_MARK = "×"
-
-
-@dataclass
-class TokenView:
-    """What the critic thinks of one reply (one turn), token by token; the stop token comes last."""
-
-    tokens: list[str]
-    advantage: list[float]
-    q_taken: list[float]
-    value: list[float]
-    logp: list[float]
-    kept: list[bool]
-    prompt: str
-    reply: str
-    reward: float
-    title: str = ""
-    td_target: list[float] | None = None
-    """The taken token's TD target y (unnormalised) when the filter read ``y - V`` (``LossConfig.advantage``)."""
-
-    def __post_init__(self) -> None:
-        n = len(self.tokens)
-        for name in ("advantage", "q_taken", "value", "logp", "kept", "td_target"):
-            if getattr(self, name) is not None and len(getattr(self, name)) != n:
-                raise ValueError(f"TokenView.{name} has {len(getattr(self, name))} entries, tokens has {n}")
 
 
 ## Helpers ##
@@ -66,19 +40,11 @@ def _finite(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _lookup(row: dict, key: str) -> object:
-    """``row[key]``, else its first alias present, else None."""
-    for k in (key, *KEY_ALIASES.get(key, ())):
-        if k in row:
-            return row[k]
-    return None
-
-
 def metric_series(history: Iterable[dict], key: str) -> tuple[list[float], list[float]]:
-    """(steps, values) of ``key`` (or an alias) over a run, skipping rows where it is missing or non-finite."""
+    """(steps, values) of ``key`` over a run, skipping rows where it is missing or non-finite."""
     xs, ys = [], []
     for i, row in enumerate(history):
-        v = _lookup(row, key)
+        v = row.get(key)
         if _finite(v):
             xs.append(row.get("step", i))
             ys.append(float(v))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmq_core.model import Policy
-from vlmq_core.turns import Turn
+from vlmq_core.turns import Transition
 
 
 @dataclass
@@ -93,7 +93,7 @@ def collate(policy: Policy, encoded: list[dict[str, torch.Tensor]]) -> dict[str,
     return {k: v.to(policy.device) for k, v in out.items()}
 
 
-def build_batch(policy: Policy, transitions: list[tuple[Turn, Turn | None]]) -> TokenBatch:
+def build_batch(policy: Policy, transitions: list[Transition]) -> TokenBatch:
     """Convert turn transitions ``(turn, next_turn)`` to a :class:`TokenBatch` (Eq. 1-2 inputs)."""
     encoded, pred_pos, tokens, turn_idx, is_last = [], [], [], [], []
     for b, (turn, _) in enumerate(transitions):

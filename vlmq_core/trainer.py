@@ -1,10 +1,10 @@
 """The offline trainer: minibatches of turns from a buffer, Eq. 7 updates, checkpoints, resume after a kill.
 
-Each optimizer update: ``grad_accum`` minibatches of ``batch_size`` turn transitions are sampled, converted
-to tokens (Eq. 1-2) and differentiated (:func:`vlmq_core.update.compute_loss`); gradients are clipped, LoRA
-and critic step with their own learning rates and linear warmups, and the target critic follows by EMA.
-With ``CriticConfig.whiten`` the critic's input statistics are first estimated on a sample of turns
-(:meth:`Trainer.calibrate_critic_inputs`) and the whitening is refreshed every ``whiten_every`` updates.
+:meth:`Trainer.train_step` is the one place where training changes state, in the order of the pseudo-code in
+:mod:`vlmq_core.objective`: per minibatch the TD targets, then the PopArt update (which rescales both critic
+heads) and the whitening statistics, then the loss and its gradient; per update the optimizer step, the target
+EMA and, every ``whiten_every`` updates, the whitening refresh. Statistics are sums, added up over processes
+(``torch.distributed``) before they are applied, so every process holds the same heads.
 Metrics are one namespaced dict per update (definitions: ``docs/METRICS.md``).
 """
 
@@ -16,25 +16,27 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vlmq_core import config
 from vlmq_core.buffer import TurnBuffer
-from vlmq_core.critic import ema_update
-from vlmq_core.losses import beta_schedule
+from vlmq_core.config import ConfigError, check_fields
+from vlmq_core.critic import InputWhitening, PopArt, ema_update
+from vlmq_core.losses import LossConfig, beta_schedule
 from vlmq_core.model import Policy
-from vlmq_core.replay import CriticReplay, CriticReplayConfig, critic_replay_loss
+from vlmq_core.objective import Targets, loss_from_heads, reply_heads, reply_hidden, td_targets
 from vlmq_core.tokens import build_batch
-from vlmq_core.update import LossConfig, compute_loss, reply_hidden
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings (METHOD.md Tables 2-3, Gym Cards column; per-GPU minibatch)."""
+    """Optimisation settings (METHOD.md Tables 2-3, Gym Cards column; per-process minibatch)."""
 
     steps: int = 512
     """Optimizer updates in all (a resumed run continues up to this number)."""
@@ -52,42 +54,62 @@ class TrainConfig:
     """Linear warmup of the critic learning rate, in updates."""
     grad_clip: float = 2.0
     """Global gradient-norm clip."""
-    optimizer: str = "auto"
-    """``auto`` (8-bit AdamW when bitsandbytes works on CUDA, else AdamW), ``adamw`` or ``adamw8bit``."""
+    optimizer: Literal["auto", "adamw", "adamw8bit"] = "auto"
+    """``auto`` is 8-bit AdamW when bitsandbytes works on CUDA, else torch AdamW."""
     bf16: bool = True
     """bfloat16 autocast on CUDA (ignored on CPU)."""
     seed: int = 0
     """Seed of minibatch sampling and dropout."""
     checkpoint_every: int = 100
-    """Write a checkpoint every this many updates (and at the end); 0 only at the end."""
-    run_dir: str | None = None
-    """Folder for checkpoints and metrics.jsonl; a run found there is resumed. None keeps nothing on disk."""
-    critic_replay: CriticReplayConfig = field(default_factory=CriticReplayConfig)
-    """Extra critic-only steps per update on the last updates' hidden states and targets (``vlmq_core.replay``;
-    ours). The default, none, is the paper's schedule."""
+    """Write a checkpoint every this many updates (and at the end); 0: only at the end."""
+    tau: float = 0.008
+    """EMA rate of the target critic, phi_bar <- (1 - tau) phi_bar + tau phi (Tables 2-3: 0.008)."""
+    popart_beta: float = 5e-4
+    """Rate of PopArt's statistics of the TD targets (Tables 2-3: 5e-4)."""
+    whiten_every: int = 10
+    """With ``critic.whiten``: recompute the whitening from the running statistics every this many updates (0: only
+    at calibration). 10 with ``whiten_beta`` 0.05 gave the best filter in NumberLine runs (docs/FINDINGS.md, 4)."""
+    whiten_beta: float = 0.05
+    """With ``critic.whiten``: rate of the running input statistics per minibatch (after the exact calibration)."""
+    whiten_eps: float = 0.01
+    """With ``critic.whiten``: eigenvalues of the covariance get ``eps * mean eigenvalue`` added."""
+    whiten_calib_turns: int = 64
+    """With ``critic.whiten``: turns run through the backbone (no gradient) to estimate the statistics before the
+    first update."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "train.")
+        if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError(f"train.steps must be >= 0, train.batch_size and train.grad_accum >= 1: {self}.")
 
 
 def _make_optimizer(params: dict[str, list], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     groups = [{"params": params["lora"], "lr": cfg.lr_lora}, {"params": params["critic"], "lr": cfg.lr_critic}]
-    want_8bit = cfg.optimizer == "adamw8bit" or (cfg.optimizer == "auto" and device.type == "cuda")
-    if want_8bit:
+    if cfg.optimizer == "adamw8bit" or (cfg.optimizer == "auto" and device.type == "cuda"):
         try:
             import bitsandbytes as bnb
 
             return bnb.optim.AdamW8bit(groups)
         except Exception as e:  # bitsandbytes missing or without a working CUDA build
             if cfg.optimizer == "adamw8bit":
-                raise RuntimeError(f"optimizer='adamw8bit' needs a working bitsandbytes on CUDA: {e}") from e
+                raise RuntimeError(f"train.optimizer=adamw8bit needs a working bitsandbytes on CUDA: {e}") from e
             warnings.warn(f"8-bit AdamW unavailable ({type(e).__name__}); using torch AdamW.", stacklevel=3)
-    elif cfg.optimizer not in ("auto", "adamw"):
-        raise ValueError(f"TrainConfig.optimizer must be 'auto', 'adamw' or 'adamw8bit', not {cfg.optimizer!r}")
-    elif cfg.optimizer == "auto":
-        warnings.warn("No CUDA: using torch AdamW (8-bit AdamW needs bitsandbytes on CUDA).", stacklevel=3)
     return torch.optim.AdamW(groups)
 
 
+def sum_over_processes(t: torch.Tensor) -> torch.Tensor:
+    """`t` summed over all processes of a ``torch.distributed`` group (unchanged with one process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return t
+
+
 class Trainer:
-    """Trains a :class:`Policy` on a :class:`TurnBuffer` with SFT, AFSFT or the max-Q actor."""
+    """Trains a :class:`Policy` on a :class:`TurnBuffer` with SFT, AFSFT or the max-Q actor.
+
+    With ``run_dir`` the run keeps ``checkpoint/`` and ``metrics.jsonl`` there and resumes from them. ``callback``
+    (called with the trainer every ``callback_every`` updates) may return metrics to add to that update's row.
+    """
 
     def __init__(
         self,
@@ -95,16 +117,17 @@ class Trainer:
         buffer: TurnBuffer,
         cfg: TrainConfig | None = None,
         loss: LossConfig | None = None,
-        eval_fn: Callable[[Policy], dict[str, float]] | None = None,
-        eval_every: int = 0,
+        run_dir: str | os.PathLike | None = None,
+        callback: Callable[[Trainer], dict[str, float] | None] | None = None,
+        callback_every: int = 0,
     ):
         self.policy, self.buffer = policy, buffer
         self.cfg, self.loss_cfg = cfg or TrainConfig(), loss or LossConfig()
-        self.eval_fn, self.eval_every = eval_fn, eval_every
+        self.callback, self.callback_every = callback, callback_every
         params = policy.trainable_parameters()
-        self.params = params["lora"] + (params["critic"] if self.loss_cfg.uses_critic else [])
         if not self.loss_cfg.uses_critic:
             params = {"lora": params["lora"], "critic": []}
+        self.params = params["lora"] + params["critic"]
         self.optimizer = _make_optimizer(params, self.cfg, policy.device)
         warm = (self.cfg.warmup_lora, self.cfg.warmup_critic)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -112,35 +135,33 @@ class Trainer:
         )
         self.rng = np.random.default_rng(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
-        rcfg = self.cfg.critic_replay
-        self.replay = CriticReplay(rcfg.window) if rcfg.steps and self.loss_cfg.uses_critic else None
         self.step = 0
         self.history: list[dict[str, float]] = []
-        self.run_dir = Path(self.cfg.run_dir) if self.cfg.run_dir else None
+        self.run_dir = Path(run_dir) if run_dir else None
         if self.run_dir is not None and self.resume():
             print(f"Resumed {self.run_dir} at update {self.step}/{self.cfg.steps}.")
 
+    @property
+    def whitening_active(self) -> bool:
+        return self.loss_cfg.uses_critic and self.policy.whiten.enabled
+
     # ---- one update ---------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
-        """One optimizer update (``grad_accum`` minibatches); returns its metrics."""
+        """One optimizer update (``grad_accum`` minibatches); every state change of training happens here."""
         t0 = time.perf_counter()
-        policy, cfg = self.policy, self.cfg
+        policy, cfg, loss_cfg = self.policy, self.cfg, self.loss_cfg
         policy.train()
-        beta = beta_schedule(
-            self.step,
-            self.loss_cfg.filter_start_step,
-            self.loss_cfg.beta,
-            self.loss_cfg.beta_ramp_steps,
-            self.loss_cfg.beta_ramp_from,
-        )
+        beta = beta_schedule(self.step, loss_cfg.filter_start_step, loss_cfg.beta)
         use_bf16 = cfg.bf16 and policy.device.type == "cuda"
         sums: dict[str, float] = {}
-        if self.replay is not None:
-            self.replay.begin_update()
         for _ in range(cfg.grad_accum):
             batch = build_batch(policy, self.buffer.sample(cfg.batch_size, self.rng))
             with torch.autocast(device_type=policy.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, stats = compute_loss(policy, batch, self.loss_cfg, beta, self.replay)
+                heads = reply_heads(policy, batch)  # Eq. 1
+                targets = td_targets(policy, batch, heads, loss_cfg) if loss_cfg.uses_critic else None  # Eq. 2, 6
+                if targets is not None:
+                    self._update_statistics(targets, heads.h)  # PopArt rescales both heads before the loss
+                loss, stats = loss_from_heads(policy, heads, targets, loss_cfg, beta)  # Eq. 3-7
             (loss / cfg.grad_accum).backward()
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
@@ -148,14 +169,11 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.replay is not None:
-            sums |= self._critic_replay_steps(use_bf16)
-        if self.loss_cfg.uses_critic:
-            ema_update(policy.target_critic, policy.critic, policy.cfg.critic.tau)
         self.step += 1
-        every = policy.cfg.critic.whiten_every
-        if self.loss_cfg.uses_critic and policy.whiten.enabled and every and self.step % every == 0:
-            policy.whiten.refresh([policy.critic, policy.target_critic])
+        if loss_cfg.uses_critic:
+            ema_update(policy.target_critic, policy.critic, cfg.tau)
+            if self.whitening_active and cfg.whiten_every and self.step % cfg.whiten_every == 0:
+                policy.whiten.refresh([policy.critic, policy.target_critic], cfg.whiten_eps)
         lrs = self.scheduler.get_last_lr()
         return {
             "step": self.step,
@@ -166,22 +184,16 @@ class Trainer:
             "time/update_s": time.perf_counter() - t0,
         }
 
-    def _critic_replay_steps(self, use_bf16: bool) -> dict[str, float]:
-        """``critic_replay.steps`` critic-only optimizer steps on the replay (the LoRA group has no gradient and
-        is skipped by the optimizer). Returns their mean loss."""
-        policy, rcfg = self.policy, self.cfg.critic_replay
-        critic_params = list(policy.critic.parameters())
-        total = 0.0
-        for _ in range(rcfg.steps):
-            h, tokens, y = self.replay.sample(rcfg.batch_turns, self.rng)
-            with torch.autocast(device_type=policy.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, _ = critic_replay_loss(policy, h, tokens, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(critic_params, self.cfg.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            total += loss.item()
-        return {"critic/replay_loss": total / rcfg.steps}
+    @torch.no_grad()
+    def _update_statistics(self, targets: Targets, h: torch.Tensor) -> None:
+        """PopArt's statistics of the targets (rescaling the critic and its target) and the running whitening
+        statistics of the reply states, each summed over processes first."""
+        policy = self.policy
+        popart_sums = sum_over_processes(PopArt.sums(targets.y))
+        policy.popart.update(popart_sums, self.cfg.popart_beta, [policy.critic, policy.target_critic])
+        if self.whitening_active and self.cfg.whiten_every:  # running statistics, read only by the refreshes
+            whiten_sums = tuple(sum_over_processes(t) for t in InputWhitening.sums(h.float()))
+            policy.whiten.merge(whiten_sums, self.cfg.whiten_beta)
 
     @torch.no_grad()
     def calibrate_critic_inputs(self, progress: bool = True) -> int:
@@ -190,36 +202,34 @@ class Trainer:
         Runs ``whiten_calib_turns`` turns (sampled with their own generator, so the training minibatches do
         not change) through the backbone without gradient. Returns the number of hidden states observed.
         """
-        policy, ccfg = self.policy, self.policy.cfg.critic
-        rng = np.random.default_rng([self.cfg.seed, 1])
+        policy, cfg = self.policy, self.cfg
+        rng = np.random.default_rng([cfg.seed, 1])
         was_training = policy.model.training
         policy.model.eval()
-        seen, left = 0, ccfg.whiten_calib_turns
+        seen, left = 0, cfg.whiten_calib_turns
         bar = tqdm(total=left, desc="critic input statistics", disable=not progress)
         try:
             while left > 0:
-                n = min(self.cfg.batch_size, left)
-                batch = build_batch(policy, self.buffer.sample(n, rng))
-                h = reply_hidden(policy, batch).float()  # no |V|-wide head: only the states
-                policy.whiten.observe(h, exact=True)
+                n = min(cfg.batch_size, left)
+                h = reply_hidden(policy, build_batch(policy, self.buffer.sample(n, rng))).float()
+                policy.whiten.merge(tuple(sum_over_processes(t) for t in InputWhitening.sums(h)), 0.0, exact=True)
                 seen, left = seen + h.shape[0], left - n
                 bar.update(n)
         finally:
             policy.model.train(was_training)
             bar.close()
-        policy.whiten.refresh([policy.critic, policy.target_critic])
+        policy.whiten.refresh([policy.critic, policy.target_critic], cfg.whiten_eps)
         return seen
 
     def fit(self, progress: bool = True) -> list[dict[str, float]]:
         """Train until ``cfg.steps`` updates (resuming where a checkpoint left off); returns the history."""
-        whiten = self.policy.whiten
-        if self.loss_cfg.uses_critic and whiten.enabled and int(whiten.refreshes) == 0 and self.step < self.cfg.steps:
+        if self.whitening_active and int(self.policy.whiten.refreshes) == 0 and self.step < self.cfg.steps:
             self.calibrate_critic_inputs(progress)
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc=f"train {self.loss_cfg.actor}", disable=not progress)
         while self.step < self.cfg.steps:
             metrics = self.train_step()
-            if self.eval_fn is not None and self.eval_every and self.step % self.eval_every == 0:
-                metrics |= self.eval_fn(self.policy)
+            if self.callback is not None and self.callback_every and self.step % self.callback_every == 0:
+                metrics |= self.callback(self) or {}
             self._record(metrics)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", kept=f"{metrics.get('actor/kept_frac', 1):.2f}")
@@ -249,9 +259,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
-            "train_config": asdict(self.cfg),
-            "loss_config": asdict(self.loss_cfg),
-            "critic_replay": self.replay.state_dict() if self.replay is not None else None,
+            "train_config": config.to_dict(self.cfg),
+            "loss_config": config.to_dict(self.loss_cfg),
         }
         torch.save(state, tmp / "trainer.pt")
         if final.exists():
@@ -276,8 +285,6 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
-        if self.replay is not None and state.get("critic_replay") is not None:
-            self.replay.load_state_dict(state["critic_replay"])
         self.step = int(state["step"])
         self.history = load_history(self.run_dir, up_to=self.step)
         tmp = self.run_dir / "metrics.jsonl.tmp"

@@ -7,7 +7,8 @@ import html
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
-from vlmq_core.plots import TokenView, token_advantages
+from vlmq_core.inspector import TokenView
+from vlmq_core.plots import token_advantages
 
 
 def _figure_widget(fig: go.Figure) -> go.FigureWidget | None:

@@ -1,8 +1,8 @@
-"""One training step (METHOD.md Eq. 1-7 wired together): what moves, what must not, and the TD targets."""
+"""The loss of a minibatch (METHOD.md Eq. 1-7 wired together): pure, what its gradient moves and what it must
+not, the TD targets and both advantages."""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -10,10 +10,51 @@ import torch
 
 from tests.conftest import make_policy, randomize_lora, transitions
 from vlmq_core import losses
-from vlmq_core.inspect import token_views
+from vlmq_core.config import ConfigError
+from vlmq_core.inspector import token_views
+from vlmq_core.losses import LossConfig
 from vlmq_core.model import Policy
+from vlmq_core.objective import minibatch_loss, reply_heads, td_targets
 from vlmq_core.tokens import build_batch
-from vlmq_core.update import LossConfig, compute_loss, forward_reply, next_state_values
+
+
+def compute_loss(policy, batch, cfg: LossConfig, beta: float):
+    return minibatch_loss(policy, batch, cfg, beta)
+
+
+def state_of(policy: Policy) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of the policy (model, critic, target, PopArt, whitening), cloned."""
+    return {k: v.detach().clone() for k, v in policy.state_dict().items()}
+
+
+@pytest.mark.parametrize("family", ["llama", "idefics3"])
+@pytest.mark.parametrize("kind", ["afsft-q", "afsft-td", "maxq", "sft"])
+def test_the_loss_is_pure(request, family, kind):
+    """The loss of a minibatch changes nothing: twice on the same batch, the same loss and statistics, and every
+    parameter and buffer of the policy (LoRA, critic, target, PopArt, whitening) exactly as before."""
+    from vlmq_core.critic import CriticConfig
+    from vlmq_core.model import PolicyConfig
+
+    policy = make_policy(family, cfg=PolicyConfig(critic=CriticConfig(hidden=32, whiten=True)))
+    randomize_lora(policy)
+    with torch.no_grad():  # a refreshed whitening and moved PopArt statistics, as mid-run
+        policy.whiten.observe(torch.randn(50, policy.critic.net[0].in_features), exact=True)
+        policy.whiten.refresh([policy.critic, policy.target_critic])
+        policy.popart.mu.fill_(-2.0)
+    policy.eval()
+    actor, _, advantage = kind.partition("-")
+    cfg = LossConfig(actor=actor, advantage=advantage or "q", critic_weight=0.0 if actor == "sft" else 1.0, td_steps=3)
+    batch = build_batch(policy, transitions(turns_of(request, family)))
+    before = state_of(policy)
+    first, stats1 = compute_loss(policy, batch, cfg, beta=0.0)
+    first.backward()  # a gradient is allowed; the optimizer (not the loss) applies it
+    second, stats2 = compute_loss(policy, batch, cfg, beta=0.0)
+    assert first.item() == second.item() and stats1 == stats2
+    after = state_of(policy)
+    assert after.keys() == before.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert not changed, changed
+
 
 FAMILIES = ["llama", "idefics3", "llava"]
 
@@ -45,7 +86,8 @@ def test_train_step_moves_every_lora_and_critic_parameter_and_no_base(request, f
     base0 = {n: p for n, p in snapshot(policy.model).items() if "lora_" not in n}
     lora0 = {n: p for n, p in snapshot(policy.model).items() if "lora_" in n}
     critic0 = snapshot(policy.critic)
-    # LoRA B starts at zero, so step 1 moves only B (A's gradient is B^T(...) = 0); step 2 moves A too
+    # LoRA B starts at zero, so step 1 moves only B (A's gradient is B^T(...) = 0); step 2 moves A too.
+    # (The optimizer alone moves parameters here; Trainer.train_step adds PopArt, whitening and the EMA.)
     for step in range(2):
         opt.zero_grad()
         loss, stats = compute_loss(policy, batch, cfg, beta=0.0)
@@ -103,21 +145,11 @@ def test_stats_keys(text_turns, actor):
 def test_sft_without_critic_gives_critic_no_gradient(text_turns):
     policy = make_policy("llama")
     batch = build_batch(policy, transitions(text_turns))
-    mu0 = policy.popart.mu.clone()
     loss, stats = compute_loss(policy, batch, LossConfig(actor="sft", critic_weight=0.0), beta=0.0)
     loss.backward()
     assert all(p.grad is None for p in policy.critic.parameters())
     assert any(p.grad is not None for p in policy.trainable_parameters()["lora"])
     assert "critic/loss" not in stats and stats["actor/kept_frac"] == 1.0
-    assert torch.equal(policy.popart.mu, mu0)  # no TD targets, no PopArt update
-
-
-def test_popart_statistics_move_during_a_step(text_turns):
-    policy = make_policy("llama")
-    batch = build_batch(policy, transitions(text_turns))
-    _, stats = compute_loss(policy, batch, LossConfig(), beta=0.0)
-    assert policy.popart.mu.item() != 0.0
-    assert stats["critic/popart_sigma"] == pytest.approx(policy.popart.sigma.item())
 
 
 def lora_grads(policy, batch, cfg: LossConfig, beta: float) -> dict[str, torch.Tensor]:
@@ -144,8 +176,18 @@ def test_afsft_with_beta_minus_inf_has_the_sft_gradient(text_turns):
     assert all(g.abs().max() == 0 for g in g_none.values())
 
 
+def v_bar_of(policy: Policy, h: torch.Tensor) -> torch.Tensor:
+    """Unnormalised ``sum_a pi(a|h) Q_bar(h, a)`` by hand. (n, d) -> (n,)."""
+    logits = policy.lm_logits(h)
+    q = policy.popart.denormalize(policy.q_values(h, target=True))
+    return (logits.softmax(-1) * q).sum(-1)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_next_state_values_match_a_manual_computation(request, family):
+def test_td_targets_match_a_manual_computation(request, family):
+    """Eq. 2 and 6 by hand: inside a reply y = gamma V_bar(next reply token's h); after the stop token
+    y = r + gamma V_bar(h_{t+1}^0) from the next prompt run alone, or r when the turn is terminal; and V_bar(h)
+    at every reply position, all from the target critic."""
     policy = make_policy(family)
     randomize_lora(policy)
     with torch.no_grad():
@@ -156,46 +198,42 @@ def test_next_state_values_match_a_manual_computation(request, family):
     turns = turns_of(request, family)
     trans = transitions(turns)
     batch = build_batch(policy, trans)
+    gamma = 0.9
     with torch.no_grad():
-        fwd = forward_reply(policy, batch, with_critic=False)
-        v = next_state_values(policy, batch, fwd)
-
-        def v_bar(h):
-            logits = policy.lm_logits(h)
-            q = policy.popart.denormalize(policy.q_values(h, target=True))
-            return (logits.softmax(-1) * q).sum(-1)
-
+        heads = reply_heads(policy, batch)
+        targets = td_targets(policy, batch, heads, LossConfig(gamma=gamma))
+        torch.testing.assert_close(targets.v_bar, v_bar_of(policy, heads.h), atol=1e-4, rtol=1e-4)
         for b, (turn, nxt) in enumerate(trans):
             idx = (batch.turn_idx == b).nonzero().squeeze(1)
-            # inside the reply: h' is the next reply token's state
-            torch.testing.assert_close(v[idx[:-1]], v_bar(fwd.h[idx[1:]]), atol=1e-4, rtol=1e-4)
+            inner = gamma * v_bar_of(policy, heads.h[idx[1:]])
+            torch.testing.assert_close(targets.y[idx[:-1]], inner, atol=1e-4, rtol=1e-4)
             if turn.done:
-                assert v[idx[-1]].item() == 0.0
+                assert targets.y[idx[-1]].item() == pytest.approx(turn.reward)
             else:  # after the stop token: the last state of the next prompt, run alone
                 alone = build_batch(policy, [(nxt, None if nxt.done else turns[b + 2])])
-                first = alone.pred_pos[0]  # the last prompt position of the next turn
-                h0 = policy.hidden(alone.inputs).flatten(0, 1)[first]
-                torch.testing.assert_close(v[idx[-1]], v_bar(h0[None])[0], atol=1e-4, rtol=1e-4)
-        # the TD target compute_loss uses
-        y = losses.td_target(batch.token_rewards(), batch.token_dones(), v, 0.995)
-        last = batch.is_last
-        assert torch.equal(y[~last], 0.995 * v[~last])
+                h0 = policy.hidden(alone.inputs).flatten(0, 1)[alone.pred_pos[0]]  # the next prompt's last position
+                want = turn.reward + gamma * v_bar_of(policy, h0[None])[0]
+                torch.testing.assert_close(targets.y[idx[-1]], want, atol=1e-4, rtol=1e-4)
 
 
 def test_target_critic_used_for_bootstrap(text_turns):
-    """Changing the online critic does not change V_bar; changing the target critic does."""
+    """Changing the online critic changes neither y nor V_bar; changing the target critic does."""
     policy = make_policy("llama")
     policy.eval()
     batch = build_batch(policy, transitions(text_turns))
+    cfg = LossConfig()
     with torch.no_grad():
-        fwd = forward_reply(policy, batch, with_critic=False)
-        v0 = next_state_values(policy, batch, fwd)
+        heads = reply_heads(policy, batch)
+        t0 = td_targets(policy, batch, heads, cfg)
         policy.critic.last.bias.add_(5.0)
-        assert torch.equal(next_state_values(policy, batch, fwd), v0)
+        t1 = td_targets(policy, batch, heads, cfg)
+        assert torch.equal(t1.y, t0.y) and torch.equal(t1.v_bar, t0.v_bar)
         policy.target_critic.last.bias.add_(1.0)
-        v2 = next_state_values(policy, batch, fwd)
+        t2 = td_targets(policy, batch, heads, cfg)
+    sigma = policy.popart.sigma.item()
+    torch.testing.assert_close(t2.v_bar, t0.v_bar + sigma, atol=1e-4, rtol=1e-4)
     live = batch.token_dones() == 0
-    torch.testing.assert_close(v2[live], v0[live] + policy.popart.sigma.item(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(t2.y[live], t0.y[live] + cfg.gamma * sigma, atol=1e-4, rtol=1e-4)
 
 
 def test_critic_loss_reaches_lora(text_turns):
@@ -210,85 +248,47 @@ def test_critic_loss_reaches_lora(text_turns):
     assert all(g.abs().sum() > 0 for g in grads.values())
 
 
-def test_critic_trains_backbone_false_stops_the_critic_gradient_at_h(text_turns):
-    """``critic_trains_backbone=False``: LoRA gets exactly the actor's gradient (none when the filter drops
-    every token), while the critic head's gradient is the same as with the paper's Eq. 7."""
-    policy = make_policy("llama")
-    randomize_lora(policy)
-    policy.eval()
-    batch = build_batch(policy, transitions(text_turns))
-    modules = (policy.critic, policy.target_critic, policy.popart)
-    start = [copy.deepcopy(m.state_dict()) for m in modules]
-
-    def grads(cfg: LossConfig, beta: float):  # every call from the same critic and PopArt state
-        for m, s in zip(modules, start, strict=True):
-            m.load_state_dict(s)
-        g_lora, _ = lora_grads(policy, batch, cfg, beta)
-        return g_lora, [p.grad.clone() for p in policy.critic.parameters()]
-
-    cut = LossConfig(actor="afsft", critic_weight=1.0, critic_trains_backbone=False)
-    g_cut, c_cut = grads(cut, math.inf)
-    assert all(g.abs().max() == 0 for g in g_cut.values())  # no actor term and no critic path to LoRA
-    g_paper, c_paper = grads(LossConfig(actor="afsft", critic_weight=1.0), math.inf)
-    assert all(g.abs().sum() > 0 for g in g_paper.values())
-    for a, b in zip(c_cut, c_paper, strict=True):  # the critic head learns the same either way
-        torch.testing.assert_close(a, b)
-    # with the filter at 0 the LoRA gradient is the actor's alone: the same as with the critic term weighted 0
-    g_actor, _ = grads(cut, 0.0)
-    g_no_critic, _ = grads(LossConfig(actor="afsft", critic_weight=0.0), 0.0)
-    assert any(g.abs().sum() > 0 for g in g_actor.values())
-    for n in g_actor:
-        torch.testing.assert_close(g_actor[n], g_no_critic[n], atol=1e-6, rtol=1e-5)
-
-
-def test_nstep_targets_in_the_step(text_turns):
+def test_nstep_targets_in_the_loss(text_turns):
     """``td_steps`` above the longest reply: every reply token's target is its turn's stop-token target,
-    discounted by its distance to it (seen through the mean target the step logs); 1 is Eq. 6."""
+    discounted by its distance to it (seen through the mean target the loss logs); 1 is Eq. 6."""
     policy = make_policy("llama")
     policy.eval()
     batch = build_batch(policy, transitions(text_turns))
     gamma = 0.9
     with torch.no_grad():
-        fwd = forward_reply(policy, batch, with_critic=False)
-        y1 = losses.td_target(batch.token_rewards(), batch.token_dones(), next_state_values(policy, batch, fwd), gamma)
+        y1 = td_targets(policy, batch, reply_heads(policy, batch), LossConfig(gamma=gamma)).y
     stop = y1[batch.is_last][batch.turn_idx]  # (N,) the turn's stop-token target, per token
     last_pos = torch.nonzero(batch.is_last).squeeze(1)[batch.turn_idx]
     expected = gamma ** (last_pos - torch.arange(batch.num_tokens)).float() * stop
-    means = {}
-    for n in (1, 1000):
-        p = make_policy("llama")
-        p.eval()
-        _, stats = compute_loss(p, batch, LossConfig(td_steps=n, gamma=gamma), beta=0.0)
-        means[n] = stats["critic/td_target"]
-    assert means[1] == pytest.approx(y1.mean().item(), rel=1e-5, abs=1e-5)
-    assert means[1000] == pytest.approx(expected.mean().item(), rel=1e-5, abs=1e-5)
-    assert means[1000] != pytest.approx(means[1], rel=1e-3)
-    with pytest.raises(ValueError, match="td_steps"):
+    means = {n: compute_loss(policy, batch, LossConfig(td_steps=n, gamma=gamma), 0.0)[1] for n in (1, 1000)}
+    assert means[1]["critic/td_target"] == pytest.approx(y1.mean().item(), rel=1e-5, abs=1e-5)
+    assert means[1000]["critic/td_target"] == pytest.approx(expected.mean().item(), rel=1e-5, abs=1e-5)
+    assert means[1000]["critic/td_target"] != pytest.approx(means[1]["critic/td_target"], rel=1e-3)
+    with pytest.raises(ConfigError, match="td_steps"):
         LossConfig(td_steps=0)
 
 
 def test_td_advantage_is_target_minus_value(text_turns):
     """``advantage="td"``: the filter reads normalise(y) - V_bar(h), y the taken token's Eq. 6 target and V_bar
-    the target critic's value, instead of Q(h, a) - V(h); checked against a manual computation, and in a
-    training step's kept fraction."""
+    the target critic's value, instead of Q(h, a) - V(h); checked against a manual computation in the views, and
+    after a PopArt update as a training step makes it (V_bar from before the rescale, divided by the new sigma,
+    is exactly the rescaled target head's normalised value)."""
+    from vlmq_core.critic import PopArt
+    from vlmq_core.objective import loss_from_heads
 
-    def make() -> Policy:  # a target critic that differs from the online one
-        p = make_policy("llama")
-        p.eval()
-        bias = p.target_critic.last.bias
-        with torch.no_grad():
-            bias.add_(0.5 + torch.randn(bias.shape, generator=torch.Generator().manual_seed(1)))
-        return p
-
-    policy = make()
+    policy = make_policy("llama")
+    policy.eval()
+    with torch.no_grad():  # a target critic that differs from the online one
+        bias = policy.target_critic.last.bias
+        bias.add_(0.5 + torch.randn(bias.shape, generator=torch.Generator().manual_seed(1)))
     trans = transitions(text_turns)
     batch = build_batch(policy, trans)
     with torch.no_grad():
-        fwd = forward_reply(policy, batch, with_critic=True)
-        y = losses.td_target(batch.token_rewards(), batch.token_dones(), next_state_values(policy, batch, fwd), 0.995)
-        v = losses.expected_value(fwd.logits, fwd.q)
-        v_bar = losses.expected_value(fwd.logits, policy.q_values(fwd.h, target=True))
-        q_taken = fwd.q.gather(1, batch.tokens[:, None]).squeeze(1)
+        heads = reply_heads(policy, batch, critic=True)
+        y = td_targets(policy, batch, heads, LossConfig()).y
+        v = losses.expected_value(heads.logits, heads.q)
+        v_bar = losses.expected_value(heads.logits, policy.q_values(heads.h, target=True))
+        q_taken = heads.q.gather(1, batch.tokens[:, None]).squeeze(1)
     assert not torch.allclose(v, v_bar, atol=1e-3)
     expected = {"td": policy.popart.normalize(y) - v_bar, "q": q_taken - v}
     value = {"td": v_bar, "q": v}  # the views show the V each advantage subtracts, and y with "td"
@@ -303,16 +303,17 @@ def test_td_advantage_is_target_minus_value(text_turns):
         else:
             assert all(view.td_target is None for view in views)
     assert not torch.allclose(expected["td"], expected["q"], atol=1e-3)
-    # in a step: PopArt moves first, then the filter keeps exactly the tokens with normalise(y) - V >= beta
+    # as in a training step: targets, then PopArt moves (rescaling both heads), then the loss filters
+    cfg = LossConfig(advantage="td")
     beta = float(expected["td"].median())
-    p = make()
     with torch.no_grad():
-        p.popart.update(y, [p.critic, p.target_critic])
-        q = p.q_values(p.hidden(batch.inputs).flatten(0, 1)[batch.pred_pos], target=True)
-        adv = p.popart.normalize(y) - losses.expected_value(fwd.logits, q)
-    p = make()
-    _, stats = compute_loss(p, batch, LossConfig(advantage="td"), beta=beta)
+        heads = reply_heads(policy, batch)
+        targets = td_targets(policy, batch, heads, cfg)
+        policy.popart.update(PopArt.sums(targets.y * 3.0), 0.3, [policy.critic, policy.target_critic])
+        v_bar_new = losses.expected_value(heads.logits, policy.q_values(heads.h, target=True))  # normalised, rescaled
+        adv = policy.popart.normalize(targets.y) - v_bar_new
+        _, stats = loss_from_heads(policy, heads, targets, cfg, beta)
     assert stats["actor/kept_frac"] == pytest.approx((adv >= beta).float().mean().item())
     assert 0.0 < stats["actor/kept_frac"] < 1.0
-    with pytest.raises(ValueError, match="advantage"):
+    with pytest.raises(ConfigError, match="advantage"):
         LossConfig(advantage="gae")
