@@ -10,7 +10,7 @@ import torch
 
 from vlmq_core.envs import make_env
 from vlmq_core.model import ModelConfig, Policy, PolicyConfig, load_policy
-from vlmq_core.tiny import tiny_idefics3, tiny_llama, tiny_llava
+from vlmq_core.tiny import save_tiny, tiny_idefics3, tiny_llama, tiny_llava
 from vlmq_core.turns import Turn, png_bytes
 
 # Tiny models run fastest on one thread; on a shared/oversubscribed CPU, OpenMP threads can be ~100x slower.
@@ -127,8 +127,19 @@ def _seed():
 def buffer(tmp_path_factory):
     """A TurnBuffer of 8 random-action NumberLine episodes (text only), for trainer tests."""
     from vlmq_core.buffer import TurnBuffer
-    from vlmq_core.collect import CollectConfig, collect
+    from vlmq_core.collect import CollectConfig, SourceConfig, collect
 
     buf = TurnBuffer(tmp_path_factory.mktemp("data"))
-    collect(None, CollectConfig(strategy="random", num_envs=4, use_images=False), 8, buffer=buf, progress=False)
+    collect(None, CollectConfig(num_envs=4, use_images=False), SourceConfig("random", 8, 0), buf, progress=False)
     return buf
+
+
+@pytest.fixture(scope="session")
+def tiny_folders(tmp_path_factory):
+    """The tiny models saved as hub-style folders (``model.name=<folder>`` loads them like a hub checkpoint)."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "llama": str(save_tiny(*tiny_llama(), root / "llama")),
+        "idefics3": str(save_tiny(*tiny_idefics3(), root / "idefics3")),
+        "llava": str(save_tiny(*tiny_llava(), root / "llava")),
+    }

@@ -1,4 +1,5 @@
-"""Tests for vlmq_core.buffer: Parquet round trip, atomic shards, FIFO cap, transitions, sampling."""
+"""Tests for vlmq_core.buffer: Parquet round trip, a shard per add, compaction (and a killed one), FIFO cap,
+transitions, sampling, corruption, and the shards as plain Parquet for pandas and datasets."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from vlmq_core.buffer import (
     SCHEMA,
     SCHEMA_VERSION,
     SCHEMA_VERSION_KEY,
-    BufferConfig,
     BufferError,
     TurnBuffer,
 )
@@ -50,6 +50,15 @@ def numbered(n: int) -> list[Turn]:
 
 def shard_files(path: Path) -> list[Path]:
     return sorted(path.glob("shard-*.parquet"))
+
+
+def names(path: Path) -> list[str]:
+    return [p.name for p in shard_files(path)]
+
+
+def add_in_chunks(buf: TurnBuffer, turns: list[Turn], chunk: int) -> None:
+    for i in range(0, len(turns), chunk):
+        buf.add(turns[i : i + chunk])
 
 
 def digest(path: Path) -> str:
@@ -97,45 +106,83 @@ def test_schema_version_in_parquet_metadata(tmp_path):
     assert pq.read_metadata(shard).metadata[SCHEMA_VERSION_KEY] == str(SCHEMA_VERSION).encode()
 
 
-# ---- shards, reopen, flush --------------------------------------------------------------------------
+# ---- a shard per add, compaction, reopen ----------------------------------------------------------------
 
 
-def test_add_writes_full_shards_and_flush_writes_rest(tmp_path):
-    buf = TurnBuffer(tmp_path, shard_size=4)
-    buf.add(numbered(10))
-    assert len(buf) == 10
-    assert [p.name for p in shard_files(tmp_path)] == ["shard-000000.parquet", "shard-000001.parquet"]
-    assert len(TurnBuffer(tmp_path).turns) == 8  # the 2 pending turns are not on disk yet
-    buf.flush()
-    assert [pq.read_metadata(p).num_rows for p in shard_files(tmp_path)] == [4, 4, 2]
-    buf.flush()  # nothing pending: no empty shard
-    assert len(shard_files(tmp_path)) == 3
+def test_add_is_on_disk_when_it_returns(tmp_path):
+    buf = TurnBuffer(tmp_path)
+    buf.add(make_episode("a", 3))
+    assert names(tmp_path) == ["shard-000000-000000.parquet"]
+    assert TurnBuffer(tmp_path).turns == buf.turns  # another process sees it at once, no flush needed
+    buf.add(make_episode("b", 2))
+    buf.add([])  # nothing to write: no empty shard
+    assert names(tmp_path) == ["shard-000000-000000.parquet", "shard-000001-000001.parquet"]
+    assert [pq.read_metadata(p).num_rows for p in shard_files(tmp_path)] == [3, 2]
+
+
+def test_small_shards_are_compacted_into_one(tmp_path):
+    turns = numbered(10)
+    buf = TurnBuffer(tmp_path, shard_size=4, compact_every=3)
+    add_in_chunks(buf, turns[:3], 1)  # three one-turn shards: merged
+    assert names(tmp_path) == ["shard-000000-000002.parquet"]
+    buf.add(turns[3:4])  # the merged shard (3 turns) is still small: the next compaction takes it along
+    buf.add(turns[4:5])
+    assert names(tmp_path) == ["shard-000000-000004.parquet"]  # 5 turns >= shard_size: it stays from now on
+    add_in_chunks(buf, turns[5:9], 2)  # two small shards: fewer than compact_every
+    assert names(tmp_path) == [f"shard-{a:06d}-{b:06d}.parquet" for a, b in ((0, 4), (5, 5), (6, 6))]
+    buf.flush()  # compacts the small tail
+    assert names(tmp_path) == ["shard-000000-000004.parquet", "shard-000005-000006.parquet"]
+    buf.add(turns[9:])
+    assert names(tmp_path)[-1] == "shard-000007-000007.parquet"  # the counter only grows
+    assert TurnBuffer(tmp_path).turns == turns
+
+
+def test_a_compaction_killed_after_its_rename_reads_each_turn_once(tmp_path):
+    turns = numbered(3)
+    add_in_chunks(TurnBuffer(tmp_path), turns, 1)
+    merged = buffer_mod._shard_path(tmp_path, 0, 2)
+    buffer_mod._write_shard(merged, turns)  # the merged shard is written, the originals not yet deleted
+    assert len(shard_files(tmp_path)) == 4
+    reopened = TurnBuffer(tmp_path)
+    assert reopened.turns == turns and names(tmp_path) == ["shard-000000-000002.parquet"]
+
+
+def test_a_shard_overlapping_another_raises(tmp_path):
+    buf = TurnBuffer(tmp_path, compact_every=1000)
+    add_in_chunks(buf, numbered(4), 1)
+    buf.flush()  # shard-000000-000003
+    buffer_mod._write_shard(buffer_mod._shard_path(tmp_path, 2, 5), numbered(2))  # not this buffer's
+    with pytest.raises(BufferError, match="overlaps"):
+        TurnBuffer(tmp_path)
+
+
+def test_shards_are_plain_parquet_for_pandas_and_datasets(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import datasets
+    import pandas
+
+    turns = make_episode("a", 3, source="random") + make_episode("b", 2, source="qwen")
+    buf = TurnBuffer(tmp_path / "data", compact_every=1000)
+    add_in_chunks(buf, turns, 2)
+    frame = pandas.read_parquet(tmp_path / "data")
+    assert len(frame) == 5 and list(frame.columns) == SCHEMA.names
+    assert sorted(frame["reply"]) == sorted(t.reply for t in turns)
+    files = [str(p) for p in shard_files(tmp_path / "data")]
+    ds = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "hf"))
+    assert ds.num_rows == 5 and ds.column_names == SCHEMA.names
+    assert sorted(ds["source"]) == ["qwen", "qwen", "random", "random", "random"]
 
 
 def test_reopen_sees_same_turns(tmp_path):
     buf = TurnBuffer(tmp_path, shard_size=3)
-    buf.add(numbered(7))
-    buf.flush()
+    add_in_chunks(buf, numbered(7), 3)
     buf.add(make_episode("long", 4))
-    buf.flush()
     reopened = TurnBuffer(tmp_path, shard_size=3)
     assert reopened.turns == buf.turns
     assert len(reopened) == 11
-    # the shard counter continues after the existing shards
-    reopened.add(numbered(1))
-    reopened.flush()
-    assert shard_files(tmp_path)[-1].name == "shard-000005.parquet"
-
-
-def test_dataset_written_then_opened_by_new_object(tmp_path):
-    config = BufferConfig(path=tmp_path / "data", shard_size=5)
-    turns = make_episode("a", 3) + make_episode("b", 4)
-    with TurnBuffer.from_config(config) as writer:
-        writer.add(turns)  # no explicit flush: leaving the block flushes
-    reader = TurnBuffer.from_config(config)
-    assert reader is not writer
-    assert reader.turns == turns
-    assert list(reader.episodes()) == ["a", "b"]
+    with TurnBuffer(tmp_path) as writer:
+        writer.add(numbered(1))  # leaving the block compacts the small tail
+    assert TurnBuffer(tmp_path).turns == buf.turns + numbered(1)
 
 
 def test_turns_property_is_a_copy(tmp_path):
@@ -157,7 +204,7 @@ def test_episodes_sorted_by_t(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("n", "max_turns", "shard_size"),
+    ("n", "max_turns", "chunk"),
     [
         (10, 7, 3),  # cap falls inside a shard: partial rewrite
         (9, 6, 3),  # cap falls on a shard boundary: whole shards deleted
@@ -165,10 +212,10 @@ def test_episodes_sorted_by_t(tmp_path):
         (12, 2, 5),  # cap smaller than a shard
     ],
 )
-def test_fifo_cap_keeps_newest(tmp_path, n, max_turns, shard_size):
+def test_fifo_cap_keeps_newest(tmp_path, n, max_turns, chunk):
     turns = numbered(n)
-    buf = TurnBuffer(tmp_path, max_turns=max_turns, shard_size=shard_size)
-    buf.add(turns)
+    buf = TurnBuffer(tmp_path, max_turns=max_turns, shard_size=chunk)
+    add_in_chunks(buf, turns, chunk)
     buf.flush()
     assert buf.turns == turns[-max_turns:]
     assert [pair[0] for pair in buf.transitions()] == turns[-max_turns:]
@@ -176,22 +223,18 @@ def test_fifo_cap_keeps_newest(tmp_path, n, max_turns, shard_size):
     assert TurnBuffer(tmp_path).turns == turns[-max_turns:]
 
 
-def test_fifo_cap_across_flushes_and_shard_names_keep_growing(tmp_path):
+def test_fifo_cap_across_adds_and_shard_names_keep_growing(tmp_path):
     turns = numbered(20)
-    buf = TurnBuffer(tmp_path, max_turns=8, shard_size=100)
-    for i in range(0, 20, 3):
-        buf.add(turns[i : i + 3])
-        buf.flush()
+    buf = TurnBuffer(tmp_path, max_turns=8, shard_size=100, compact_every=1000)
+    add_in_chunks(buf, turns, 3)
     assert buf.turns == turns[-8:]
-    names = [p.name for p in shard_files(tmp_path)]
-    assert names == sorted(names) and names[-1] == "shard-000006.parquet"
+    assert names(tmp_path) == sorted(names(tmp_path)) and names(tmp_path)[-1] == "shard-000006-000006.parquet"
     assert TurnBuffer(tmp_path).turns == turns[-8:]
 
 
 def test_fifo_cap_applied_when_reopening_with_smaller_cap(tmp_path):
     turns = numbered(6)
-    with TurnBuffer(tmp_path, shard_size=2) as buf:
-        buf.add(turns)
+    add_in_chunks(TurnBuffer(tmp_path, shard_size=2), turns, 2)
     assert TurnBuffer(tmp_path, max_turns=3).turns == turns[-3:]
     assert TurnBuffer(tmp_path).turns == turns[-3:]
 
@@ -200,7 +243,6 @@ def test_failed_rewrite_leaves_old_shard_intact(tmp_path, monkeypatch):
     turns = numbered(5)
     buf = TurnBuffer(tmp_path, max_turns=3, shard_size=100)
     buf.add(turns[:3])
-    buf.flush()
     (old_shard,) = shard_files(tmp_path)
     before = digest(old_shard)
     real_write = buffer_mod.pq.write_table
@@ -213,9 +255,8 @@ def test_failed_rewrite_leaves_old_shard_intact(tmp_path, monkeypatch):
         real_write(*args, **kwargs)
 
     monkeypatch.setattr(buffer_mod.pq, "write_table", write_then_fail)
-    buf.add(turns[3:])
     with pytest.raises(OSError, match="disk full"):
-        buf.flush()
+        buf.add(turns[3:])
     assert digest(old_shard) == before
     assert list(tmp_path.glob("*.tmp")) == []
     monkeypatch.undo()
@@ -248,8 +289,7 @@ def test_transitions_cache_invalidated_on_add_and_cap(tmp_path):
     assert buf.transitions() == []
     buf.add([make_turn("a", 1, done=True)])
     assert len(buf.transitions()) == 2
-    buf.add(numbered(2))
-    buf.flush()  # cap drops ("a", 0)
+    buf.add(numbered(2))  # cap drops ("a", 0)
     assert [pair[0].episode_id for pair in buf.transitions()] == ["a", "ep000", "ep001"]
 
 
@@ -299,7 +339,7 @@ def test_stats_empty(tmp_path):
 def write_three_shards(path: Path) -> list[Turn]:
     turns = numbered(9)
     with TurnBuffer(path, shard_size=3) as buf:
-        buf.add(turns)
+        add_in_chunks(buf, turns, 3)
     assert len(shard_files(path)) == 3
     return turns
 
@@ -322,8 +362,8 @@ def test_truncated_shard_raises_clear_error_and_others_untouched(tmp_path):
 
 def test_garbage_shard_raises(tmp_path):
     write_three_shards(tmp_path)
-    (tmp_path / "shard-000003.parquet").write_bytes(b"not a parquet file at all")
-    with pytest.raises(BufferError, match="shard-000003.parquet"):
+    (tmp_path / "shard-000003-000003.parquet").write_bytes(b"not a parquet file at all")
+    with pytest.raises(BufferError, match="shard-000003-000003.parquet"):
         TurnBuffer(tmp_path)
 
 
@@ -331,20 +371,19 @@ def test_garbage_shard_raises(tmp_path):
 def test_wrong_or_missing_schema_version_raises(tmp_path, metadata):
     write_three_shards(tmp_path)
     table = buffer_mod._turns_to_table(numbered(2)).replace_schema_metadata(metadata)
-    pq.write_table(table, tmp_path / "shard-000003.parquet")
+    pq.write_table(table, tmp_path / "shard-000003-000003.parquet")
     with pytest.raises(BufferError, match="schema version") as err:
         TurnBuffer(tmp_path)
-    assert "shard-000003.parquet" in str(err.value)
+    assert "shard-000003-000003.parquet" in str(err.value)
 
 
 def test_leftover_tmp_file_ignored(tmp_path):
     turns = write_three_shards(tmp_path)
-    (tmp_path / "shard-000003.parquet.tmp").write_bytes(b"half a shard from a killed run")
-    (tmp_path / "shard-000003.parquet.4242.tmp").write_bytes(b"\x00" * 10)
+    (tmp_path / "shard-000003-000003.parquet.tmp").write_bytes(b"half a shard from a killed run")
+    (tmp_path / "shard-000003-000003.parquet.4242.tmp").write_bytes(b"\x00" * 10)
     buf = TurnBuffer(tmp_path, shard_size=3)
     assert buf.turns == turns
     buf.add(numbered(1))
-    buf.flush()
     assert TurnBuffer(tmp_path).turns == turns + numbered(1)
 
 
@@ -353,6 +392,8 @@ def test_rejects_non_turns_and_bad_config(tmp_path):
         TurnBuffer(tmp_path).add([{"episode_id": "x"}])
     with pytest.raises(ValueError):
         TurnBuffer(tmp_path, shard_size=0)
+    with pytest.raises(ValueError):
+        TurnBuffer(tmp_path, compact_every=1)
     with pytest.raises(ValueError):
         TurnBuffer(tmp_path, max_turns=0)
 

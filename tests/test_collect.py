@@ -1,10 +1,30 @@
-"""Batched collection, strategies, evaluation summaries and resumable dataset building."""
+"""Batched collection, strategies, evaluation summaries, resumable dataset building, and a collection killed
+with SIGKILL that loses no finished episode."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 import torch
 
 from vlmq_core.buffer import TurnBuffer
-from vlmq_core.collect import CollectConfig, EpisodeResult, collect, collect_missing, evaluate, summarize
+from vlmq_core.collect import (
+    CollectConfig,
+    DataConfig,
+    EpisodeResult,
+    EvalConfig,
+    SourceConfig,
+    build_dataset,
+    collect,
+    evaluate,
+    summarize,
+)
+from vlmq_core.config import ConfigError
 from vlmq_core.model import Policy, PolicyConfig
 from vlmq_core.tiny import tiny_llama
 
@@ -18,10 +38,10 @@ def tiny_policy():
 
 def test_random_collection_fills_buffer_with_complete_episodes(tmp_path):
     buf = TurnBuffer(tmp_path / "d")
-    res = collect(None, CollectConfig(strategy="random", num_envs=3), 7, seed=5, buffer=buf, progress=False)
+    res = collect(None, CollectConfig(num_envs=3), SourceConfig("random", 7, 5), buffer=buf, progress=False)
     assert [r.seed for r in res] == list(range(5, 12))
     eps = buf.episodes()
-    assert len(eps) == 7
+    assert len(eps) == 7 and sorted(turns[0].seed for turns in eps.values()) == list(range(5, 12))
     for turns in eps.values():
         assert [t.t for t in turns] == list(range(len(turns)))
         assert turns[-1].done and not any(t.done for t in turns[:-1])
@@ -29,87 +49,139 @@ def test_random_collection_fills_buffer_with_complete_episodes(tmp_path):
         assert all(t.image is not None and t.pil_image().size == (300, 300) for t in turns)
         assert all(t.reply.startswith("[action]") and "Observation:" in t.prompt for t in turns)
     assert sum(r.length for r in res) == len(buf)
-    assert TurnBuffer(tmp_path / "d").stats()["buffer/episodes"] == 7  # flushed to disk
+    assert TurnBuffer(tmp_path / "d").stats()["buffer/episodes"] == 7  # on disk
 
 
-def test_collection_is_reproducible_for_a_seed():
-    cfg = CollectConfig(strategy="random", num_envs=2)
-    a = collect(None, cfg, 5, seed=3, progress=False)
-    b = collect(None, cfg, 5, seed=3, progress=False)
-    c = collect(None, cfg, 5, seed=4, progress=False)
-    key = [(r.ret, r.length, r.success) for r in a]
-    assert key == [(r.ret, r.length, r.success) for r in b]
-    assert key != [(r.ret, r.length, r.success) for r in c]
+def episode_keys(buf: TurnBuffer) -> dict[int, list[tuple[str, float]]]:
+    """seed -> the episode's (reply, reward) per turn."""
+    return {turns[0].seed: [(t.reply, t.reward) for t in turns] for turns in buf.episodes().values()}
 
 
-def test_collect_missing_tops_up_and_resumes(tmp_path):
+def test_an_episode_depends_on_its_seed_alone(tmp_path):
+    """Random (and oracle) replies draw from a generator seeded by the episode's seed: the same episodes whatever
+    the number of environments or the other seeds collected with them."""
+    a, b = TurnBuffer(tmp_path / "a"), TurnBuffer(tmp_path / "b")
+    collect(None, CollectConfig(num_envs=2), SourceConfig("random", 6, 3), buffer=a, progress=False)
+    collect(None, CollectConfig(num_envs=5), SourceConfig("random"), buffer=b, seeds=[8, 5, 3], progress=False)
+    ka, kb = episode_keys(a), episode_keys(b)
+    assert all(ka[s] == kb[s] for s in (3, 5, 8))
+    assert ka[3] != ka[4]  # ...and different seeds give different episodes
+
+
+def test_build_dataset_tops_up_exactly_the_missing_seeds(tmp_path):
     buf = TurnBuffer(tmp_path / "d")
-    cfg = CollectConfig(strategy="random", num_envs=2)
-    assert len(collect_missing(None, cfg, buf, 3, seed=0)) == 3
-    more = collect_missing(None, cfg, buf, 5, seed=0)
-    assert [r.seed for r in more] == [3, 4]  # continues on the next seeds
-    assert collect_missing(None, cfg, TurnBuffer(tmp_path / "d"), 5, seed=0) == []
-    assert len(buf.episodes()) == 5
+    play = CollectConfig(num_envs=2)
+    data = DataConfig(sources=[SourceConfig("random", 3, 0), SourceConfig("oracle", 2, 100, corrupt_rate=0.5)])
+    assert list(build_dataset(None, play, data, buf, progress=False).values()) == [3, 2]
+    data.sources[0].episodes = 5
+    assert list(build_dataset(None, play, data, buf, progress=False).values()) == [2, 0]  # seeds 3, 4 only
+    assert list(build_dataset(None, play, data, TurnBuffer(tmp_path / "d"), progress=False).values()) == [0, 0]
+    seeds = sorted((t[0].source, t[0].seed) for t in buf.episodes().values())
+    assert seeds == [("oracle@0.5", 100), ("oracle@0.5", 101)] + [("random", s) for s in range(5)]
+    with pytest.raises(ValueError, match="needs a policy"):
+        build_dataset(None, play, DataConfig(sources=[SourceConfig("agent", 1, 0)]), buf, progress=False)
 
 
-def test_model_strategies_batch_and_prefill(tiny_policy):
-    res = collect(tiny_policy, CollectConfig(strategy="min_format", num_envs=3, max_reply_tokens=4), 4, progress=False)
-    assert len(res) == 4
-    buf_turns = []
-
-    class Sink:
-        def add(self, turns):
-            buf_turns.extend(turns)
-
-        def flush(self):
-            pass
-
-    collect(
-        tiny_policy,
-        CollectConfig(strategy="min_format", num_envs=2, max_reply_tokens=3),
-        2,
-        buffer=Sink(),
-        progress=False,
-    )
-    assert buf_turns and all(t.reply.startswith("[action]") for t in buf_turns)
-    assert all(t.source == "tiny-llama" and t.strategy == "min_format" for t in buf_turns)
-    assert all(t.image is None for t in buf_turns) is False  # images are kept in the dataset for any model
+def test_model_strategies_batch_and_prefill(tiny_policy, tmp_path):
+    play = CollectConfig(num_envs=3, max_reply_tokens=4)
+    buf = TurnBuffer(tmp_path / "d")
+    res = collect(tiny_policy, play, SourceConfig("min_format", 4, 0), buffer=buf, progress=False)
+    assert len(res) == 4 and len(buf.episodes()) == 4
+    assert all(t.reply.startswith("[action]") for t in buf.turns)
+    assert all(t.source == "tiny-llama" and t.strategy == "min_format" for t in buf.turns)
+    assert all(t.image is not None for t in buf.turns)  # images are kept in the dataset for any model
 
 
 def test_evaluate_and_summarize(tiny_policy):
-    m = evaluate(tiny_policy, CollectConfig(num_envs=2, max_reply_tokens=3), 2, progress=False)
-    assert set(m) == {"eval/success", "eval/valid", "eval/return", "eval/length", "eval/episodes"}
+    m = evaluate(tiny_policy, CollectConfig(num_envs=2, max_reply_tokens=3), EvalConfig(2, 10), progress=False)
+    assert set(m) == {f"eval/{k}" for k in ("success", "success_se", "valid", "return", "length", "episodes")}
     assert m["eval/episodes"] == 2 and 0 <= m["eval/valid"] <= 1
     s = summarize([EpisodeResult("a", 0, 1.0, 2, True, 2), EpisodeResult("b", 1, -14.0, 3, False, 0)])
     assert s["eval/success"] == 0.5 and s["eval/valid"] == pytest.approx(2 / 5) and s["eval/return"] == -6.5
+    assert s["eval/success_se"] == pytest.approx(0.5 / 2**0.5)
 
 
 def test_bad_configuration_is_reported():
-    with pytest.raises(ValueError, match="strategy"):
-        CollectConfig(strategy="greedy")
+    with pytest.raises(ConfigError, match="strategy"):
+        SourceConfig(strategy="greedy")
+    with pytest.raises(ConfigError, match="unknown task 'Nope'"):
+        CollectConfig(task="Nope")
     with pytest.raises(ValueError, match="needs a policy"):
-        collect(None, CollectConfig(strategy="agent"), 1, progress=False)
+        collect(None, CollectConfig(), SourceConfig("agent", 1, 0), progress=False)
     with pytest.raises(ValueError, match="No finished episodes"):
         summarize([])
+    with pytest.raises(ValueError, match="corrupt_rate"):
+        SourceConfig("oracle", corrupt_rate=1.5)
 
 
 @pytest.mark.parametrize("task", ["NumberLine", "EZPoints", "BabyAI-GoToRedBall"])
 def test_oracle_strategy_builds_datasets_of_known_quality(tmp_path, task):
     clean = TurnBuffer(tmp_path / "clean")
-    cfg = CollectConfig(task=task, strategy="oracle", num_envs=3)
-    res = collect(None, cfg, 6, seed=0, buffer=clean, progress=False)
+    res = collect(None, CollectConfig(task=task, num_envs=3), SourceConfig("oracle", 6, 0), clean, progress=False)
     assert summarize(res)["eval/success"] == 1.0 and summarize(res)["eval/valid"] == 1.0
     assert {t.source for t in clean.turns} == {"oracle@0"} and {t.strategy for t in clean.turns} == {"oracle"}
-    noisy = collect(
-        None,
-        CollectConfig(task=task, strategy="oracle", num_envs=3, oracle_corrupt_rate=1.0, oracle_thought=True),
-        6,
-        seed=0,
-        progress=False,
-    )
-    assert summarize(noisy)["eval/success"] < 1.0
+    noisy = SourceConfig("oracle", 6, 0, corrupt_rate=1.0, thought=True)
+    assert summarize(collect(None, CollectConfig(task=task, num_envs=3), noisy, progress=False))["eval/success"] < 1
 
 
-def test_oracle_corrupt_rate_validated():
-    with pytest.raises(ValueError, match="corrupt_rate"):
-        CollectConfig(strategy="oracle", oracle_corrupt_rate=1.5)
+COLLECTOR = textwrap.dedent(
+    """
+    import sys
+    from vlmq_core.buffer import TurnBuffer
+    from vlmq_core.collect import CollectConfig, DataConfig, SourceConfig, build_dataset
+
+    class Reporting(TurnBuffer):
+        def add(self, turns):
+            super().add(turns)  # returns once the episode is on disk
+            print(turns[0].episode_id, turns[0].seed, len(turns), flush=True)
+
+    buf = Reporting(sys.argv[1], compact_every=4)
+    data = DataConfig(sources=[SourceConfig("random", 30, 0), SourceConfig("oracle", 15, 500, corrupt_rate=0.3)])
+    build_dataset(None, CollectConfig(task="EZPoints", num_envs=3, use_images=False), data, buf, progress=False)
+    print("done", flush=True)
+    """
+)
+
+
+def test_collection_killed_with_sigkill_loses_no_finished_episode_and_resumes_exactly(tmp_path):
+    """SIGKILL a collecting subprocess at random moments, several times; after each kill every episode it reported
+    finished is on disk, complete and stored once, and every shard reads; the same command then resumes. The
+    final dataset equals an uninterrupted collection's (random and oracle episodes depend on their seed alone)."""
+    folder = tmp_path / "data"
+    script = tmp_path / "collect.py"
+    script.write_text(COLLECTOR)
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    rng = random.Random(0)
+    reported: dict[str, int] = {}
+    kills = 0
+    for _ in range(30):
+        proc = subprocess.Popen([sys.executable, str(script), str(folder)], stdout=subprocess.PIPE, text=True, env=env)
+        lines, wanted = [], rng.randint(1, 8)  # kill after a random number of finished episodes...
+        while len(lines) < wanted and (line := proc.stdout.readline()):
+            lines.append(line.strip())
+        time.sleep(rng.uniform(0.0, 0.03))  # ...plus a random fraction of an episode (writes, compactions)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        out = "\n".join(lines) + "\n" + proc.communicate()[0]
+        finished = [line.split() for line in out.splitlines() if line.strip() and line.strip() != "done"]
+        reported |= {eid: int(n) for eid, _, n in finished}
+        buf = TurnBuffer(folder)  # every shard must read; a killed compaction is resolved here
+        episodes = buf.episodes()
+        for eid, n in reported.items():
+            assert eid in episodes and len(episodes[eid]) == n, eid
+            turns = episodes[eid]
+            assert [t.t for t in turns] == list(range(n)) and turns[-1].done
+        keys = [(t.episode_id, t.t) for t in buf.turns]
+        assert len(keys) == len(set(keys))  # nothing stored twice
+        per_seed = [(turns[0].source, turns[0].seed) for turns in episodes.values()]
+        assert len(per_seed) == len(set(per_seed))  # no seed collected twice
+        if "done" in out:
+            break
+    assert kills >= 3 and "done" in out
+    final = TurnBuffer(folder)
+    assert len(final.episodes()) == 45
+    straight = TurnBuffer(tmp_path / "straight")
+    data = DataConfig(sources=[SourceConfig("random", 30, 0), SourceConfig("oracle", 15, 500, corrupt_rate=0.3)])
+    build_dataset(None, CollectConfig(task="EZPoints", num_envs=3, use_images=False), data, straight, progress=False)
+    assert episode_keys(final) == episode_keys(straight)

@@ -1,14 +1,19 @@
-"""A FIFO buffer of `Turn`s, kept in memory and on disk as a folder of Parquet shards.
+"""A FIFO buffer of `Turn`s, kept in memory and on disk as a folder of Parquet shards that loses nothing.
 
-On disk a buffer is a folder of ``shard-000000.parquet``, ``shard-000001.parquet``, ... (a counter that
-only grows). Every write goes to a ``*.tmp`` file in the same folder, is fsync'ed, then renamed over the
-final name with `os.replace`, so a killed run leaves either the old shard or the new one, never half of
-one. Left-over ``*.tmp`` files are ignored.
+On disk a buffer is a folder of ``shard-<first>-<last>.parquet`` files: every :meth:`TurnBuffer.add` writes its
+turns (one finished episode, in collection) as a new shard numbered from a counter that only grows, before it
+returns. Small shards are compacted into one (``shard-000010-000073.parquet`` replaces shards 10..73) once
+``compact_every`` of them have gathered, and on :meth:`TurnBuffer.flush`, so reading a large dataset stays fast.
+Every write goes to a ``*.tmp`` file in the same folder, is fsync'ed, then renamed with `os.replace`; a killed
+run leaves whole shards only. A compaction killed after its rename leaves the merged shard and the originals:
+opening the folder keeps the merged one and deletes the originals it covers, so nothing is read twice.
+Left-over ``*.tmp`` files are ignored. The shards are plain Parquet (``pandas.read_parquet(folder)``,
+``datasets.load_dataset("parquet", data_files=...)``).
 
 Usage::
 
     with TurnBuffer("data/numberline", max_turns=100_000) as buf:
-        buf.add(turns)
+        buf.add(turns)  # on disk when this returns
     batch = buf.sample(32, np.random.default_rng(0))  # [(turn, next_turn or None), ...]
 """
 
@@ -20,7 +25,6 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
@@ -28,9 +32,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlmq_core.turns import Turn
+from vlmq_core.turns import Transition, Turn
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bump when the on-disk columns change; shards with another version are refused."""
 SCHEMA_VERSION_KEY = b"vlmq_schema_version"
 """Parquet key-value metadata key holding the schema version."""
@@ -51,31 +55,22 @@ SCHEMA = pa.schema(
         pa.field("valid", pa.bool_(), nullable=False),
         pa.field("obs", pa.string(), nullable=False),
         pa.field("info", pa.string(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=True),
     ],
     metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
 """One column per `Turn` field, in field order."""
 
-_SHARD_RE = re.compile(r"^shard-(\d+)\.parquet$")
+_SHARD_RE = re.compile(r"^shard-(\d+)-(\d+)\.parquet$")
 _FIX = "Fix: move or delete this shard; the other shards are intact."
-
-Transition = tuple[Turn, Turn | None]
 
 
 class BufferError(RuntimeError):
     """A buffer folder or shard cannot be used; the message says which file, what is wrong, and the fix."""
 
 
-@dataclass
-class BufferConfig:
-    """Where and how a `TurnBuffer` stores its turns."""
-
-    path: str | Path
-    """Folder holding the Parquet shards (created if missing)."""
-    max_turns: int | None = None
-    """FIFO cap: keep only the newest `max_turns` turns on disk (None = keep everything)."""
-    shard_size: int = 1024
-    """Turns per shard file; a shard is written each time this many turns are pending."""
+def _shard_path(folder: Path, first: int, last: int) -> Path:
+    return folder / f"shard-{first:06d}-{last:06d}.parquet"
 
 
 def _turns_to_table(turns: list[Turn]) -> pa.Table:
@@ -146,23 +141,25 @@ def _read_shard(path: Path) -> list[Turn]:
 class TurnBuffer:
     """Turns in insertion order, in memory and in a folder of Parquet shards, with an optional FIFO cap.
 
-    Opening an existing folder loads every shard. `add` writes a shard each time `shard_size` turns are
-    pending; `flush` (or leaving a ``with`` block) writes the rest. After each write, if the shards hold more
-    than `max_turns` turns, the oldest are dropped: whole shards are deleted, and the oldest remaining shard
-    is rewritten (atomically) without its oldest rows. The cap is also applied when opening a folder that
-    holds more than `max_turns` turns.
+    Opening an existing folder loads every shard. :meth:`add` writes its turns as one new shard before it
+    returns; once `compact_every` shards smaller than `shard_size` turns sit at the end, they are merged into
+    one (also on :meth:`flush`, or leaving a ``with`` block). After each write, if the shards hold more than
+    `max_turns` turns, the oldest are dropped: whole shards are deleted, and the oldest remaining shard is
+    rewritten (atomically) without its oldest rows. The cap is also applied when opening a folder.
     """
 
-    def __init__(self, path: str | Path, max_turns: int | None = None, shard_size: int = 1024) -> None:
-        if shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    def __init__(
+        self, path: str | Path, max_turns: int | None = None, shard_size: int = 1024, compact_every: int = 64
+    ) -> None:
+        if shard_size < 1 or compact_every < 2:
+            raise ValueError(f"shard_size must be >= 1 and compact_every >= 2, got {shard_size}, {compact_every}")
         if max_turns is not None and max_turns < 1:
             raise ValueError(f"max_turns must be >= 1 or None, got {max_turns}")
         self.path = Path(path)
         self.max_turns = max_turns
         self.shard_size = shard_size
-        self._turns: list[Turn] = []  # written shards' turns, oldest first, then the pending ones
-        self._pending: list[Turn] = []  # added but not yet written
+        self.compact_every = compact_every
+        self._turns: list[Turn] = []  # every shard's turns, oldest first
         self._shards: list[tuple[Path, int]] = []  # (file, number of turns), oldest first
         self._next_index = 0
         self._transitions: list[Transition] | None = None
@@ -170,36 +167,36 @@ class TurnBuffer:
         self._load()
         self._apply_cap()
 
-    @classmethod
-    def from_config(cls, config: BufferConfig) -> TurnBuffer:
-        """Open the buffer described by `config`."""
-        return cls(config.path, max_turns=config.max_turns, shard_size=config.shard_size)
-
     # ---- disk -------------------------------------------------------------------------------------
 
     def _load(self) -> None:
-        """Read all shards, sorted by name; ``*.tmp`` files from killed runs are ignored."""
-        found = [(int(m.group(1)), p) for p in self.path.iterdir() if (m := _SHARD_RE.match(p.name))]
-        for index, shard in sorted(found):
+        """Read all shards in order; shards covered by a merged one (a compaction killed before it deleted them)
+        are deleted, ``*.tmp`` files from killed writes are ignored."""
+        found = sorted(
+            ((int(m.group(1)), int(m.group(2)), p) for p in self.path.iterdir() if (m := _SHARD_RE.match(p.name))),
+            key=lambda x: (x[0], -x[1]),
+        )
+        end = -1
+        for first, last, shard in found:
+            if last <= end:  # inside a merged shard already read
+                shard.unlink()
+                continue
+            if first <= end:
+                raise BufferError(
+                    f"Buffer shard {shard} overlaps another shard's range (up to {end}); it was not written by "
+                    f"this buffer. {_FIX}"
+                )
             turns = _read_shard(shard)
             self._shards.append((shard, len(turns)))
             self._turns.extend(turns)
-            self._next_index = index + 1
-
-    def _write_pending(self, count: int) -> None:
-        """Write the oldest `count` pending turns as a new shard, then apply the FIFO cap."""
-        chunk, self._pending = self._pending[:count], self._pending[count:]
-        shard = self.path / f"shard-{self._next_index:06d}.parquet"
-        _write_shard(shard, chunk)
-        self._next_index += 1
-        self._shards.append((shard, len(chunk)))
-        self._apply_cap()
+            end = last
+        self._next_index = end + 1
 
     def _apply_cap(self) -> None:
-        """Drop the oldest written turns beyond `max_turns`, on disk and in memory."""
+        """Drop the oldest turns beyond `max_turns`, on disk and in memory."""
         if self.max_turns is None:
             return
-        excess = sum(n for _, n in self._shards) - self.max_turns
+        excess = len(self._turns) - self.max_turns
         if excess <= 0:
             return
         dropped = 0
@@ -216,21 +213,44 @@ class TurnBuffer:
         del self._turns[:excess]
         self._transitions = None
 
+    def _compact(self, min_shards: int) -> None:
+        """Merge the trailing shards smaller than `shard_size` into one, when there are at least `min_shards`."""
+        tail = 0
+        while tail < len(self._shards) and self._shards[-1 - tail][1] < self.shard_size:
+            tail += 1
+        if tail < max(2, min_shards):
+            return
+        merged = self._shards[-tail:]
+        n = sum(count for _, count in merged)
+        first = int(_SHARD_RE.match(merged[0][0].name).group(1))
+        last = int(_SHARD_RE.match(merged[-1][0].name).group(2))
+        target = _shard_path(self.path, first, last)
+        _write_shard(target, self._turns[len(self._turns) - n :])  # the merged shard first: a kill loses nothing
+        for shard, _ in merged:
+            shard.unlink()
+        _fsync_dir(self.path)
+        self._shards[-tail:] = [(target, n)]
+
     def add(self, turns: Iterable[Turn]) -> None:
-        """Append turns; a shard is written each time `shard_size` turns are pending."""
+        """Append turns and write them to disk as one shard before returning (then compact and cap)."""
+        turns = list(turns)
         for turn in turns:
             if not isinstance(turn, Turn):
                 raise TypeError(f"TurnBuffer.add expects Turn objects, got {type(turn).__name__}")
-            self._turns.append(turn)
-            self._pending.append(turn)
-            self._transitions = None
-            if len(self._pending) >= self.shard_size:
-                self._write_pending(self.shard_size)
+        if not turns:
+            return
+        shard = _shard_path(self.path, self._next_index, self._next_index)
+        _write_shard(shard, turns)
+        self._next_index += 1
+        self._shards.append((shard, len(turns)))
+        self._turns.extend(turns)
+        self._transitions = None
+        self._compact(self.compact_every)
+        self._apply_cap()
 
     def flush(self) -> None:
-        """Write all pending turns as a new shard (nothing to do when none are pending)."""
-        if self._pending:
-            self._write_pending(len(self._pending))
+        """Compact the trailing small shards into one (every turn is already on disk)."""
+        self._compact(2)
 
     def __enter__(self) -> Self:
         return self
@@ -245,7 +265,7 @@ class TurnBuffer:
 
     @property
     def turns(self) -> list[Turn]:
-        """All turns in insertion order (pending ones included); a copy."""
+        """All turns in insertion order; a copy."""
         return list(self._turns)
 
     def episodes(self) -> dict[str, list[Turn]]:
@@ -317,7 +337,5 @@ class TurnBuffer:
         }
 
     def __repr__(self) -> str:
-        return (
-            f"TurnBuffer({str(self.path)!r}, turns={len(self)}, shards={len(self._shards)}, "
-            f"pending={len(self._pending)}, max_turns={self.max_turns})"
-        )
+        shards, cap = len(self._shards), self.max_turns
+        return f"TurnBuffer({str(self.path)!r}, turns={len(self)}, shards={shards}, max_turns={cap})"

@@ -2,37 +2,45 @@
 
 One step of all active environments costs one batched ``generate`` call. Strategies (METHOD.md,
 "Data and exploration"): ``agent`` (the model replies freely), ``min_format`` (the reply is prefilled with
-``[action]`` and the model completes it), ``random`` (a random valid action written as text; no model).
-Every turn goes to the buffer when one is given; evaluation is collection with ``agent`` and no buffer.
+``[action]`` and the model completes it), ``random`` (a random valid action written as text; no model) and
+``oracle`` (the task's oracle, optionally corrupted; no model). Each finished episode goes to the buffer
+before collection moves on; evaluation is collection with ``agent`` and no buffer.
+
+A dataset is a list of sources (:class:`SourceConfig`: strategy, episodes, first seed); :func:`build_dataset`
+tops a buffer up to it and is resumable: it collects exactly the seeds whose episodes are not on disk yet.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from vlmq_core.envs import make_env
+from vlmq_core.buffer import TurnBuffer
+from vlmq_core.config import ConfigError, check_fields
+from vlmq_core.envs import make_env, task_name
 from vlmq_core.envs.oracles import OracleConfig, oracle_reply
-from vlmq_core.model import Policy
+from vlmq_core.envs.text_action import ACTION_TAG
 from vlmq_core.turns import Turn, png_bytes
 
-STRATEGIES = ("agent", "min_format", "random", "oracle")
-ACTION_TAG = "[action]"
+if TYPE_CHECKING:  # collecting random or oracle data needs no torch
+    from vlmq_core.model import Policy
+
+Strategy = Literal["agent", "min_format", "random", "oracle"]
 
 
 @dataclass
 class CollectConfig:
-    """How episodes are collected (METHOD.md Tables 2-3, Gym Cards column)."""
+    """How episodes are played, for collection and evaluation alike (METHOD.md Tables 2-3, Gym Cards column)."""
 
     task: str = "NumberLine"
-    """Environment name for :func:`vlmq_core.envs.make_env`."""
-    strategy: str = "agent"
-    """``agent``, ``min_format``, ``random`` or ``oracle`` (the task's oracle, see ``oracle_corrupt_rate``)."""
+    """Task name for :func:`vlmq_core.envs.make_env` (``NumberLine``, ``Blackjack``, ``EZPoints``, ``Points24``,
+    ``BabyAI-<Level>``)."""
     num_envs: int = 6
     """Parallel environments (one batched generate per step)."""
     temperature: float = 0.4
@@ -41,15 +49,78 @@ class CollectConfig:
     """Maximum new tokens per reply."""
     use_images: bool = True
     """Pass the rendered image to VLMs (text-only models always get the text summary alone)."""
-    oracle_corrupt_rate: float = 0.0
-    """``oracle`` strategy: probability that a turn's action is replaced by a random valid one."""
-    oracle_thought: bool = False
-    """``oracle`` strategy: write the oracle's short reason before the action (``Thought: ...``)."""
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"CollectConfig.strategy must be one of {STRATEGIES}, not {self.strategy!r}")
-        OracleConfig(self.oracle_corrupt_rate, self.oracle_thought)  # validates the rate
+        check_fields(self, "collect.")
+        try:
+            task_name(self.task)
+        except ValueError as e:
+            raise ConfigError(f"collect.task: {e}.") from e
+        if self.num_envs < 1 or self.max_reply_tokens < 1 or self.temperature < 0:
+            raise ConfigError(f"collect.num_envs and max_reply_tokens must be >= 1, temperature >= 0: {self}.")
+
+
+@dataclass
+class SourceConfig:
+    """One kind of data in a dataset: a strategy, how many episodes, and the seed of the first one."""
+
+    strategy: Strategy = "random"
+    """``random`` (valid actions as text), ``agent`` (the run's model), ``min_format`` (the model, ``[action]``
+    prefilled) or ``oracle`` (the task's oracle)."""
+    episodes: int = 100
+    """Episodes of this source, on seeds ``seed .. seed + episodes - 1``."""
+    seed: int = 0
+    """Seed of the first episode (give sources seed ranges that do not overlap)."""
+    corrupt_rate: float = 0.0
+    """``oracle`` only: probability that a turn's action is replaced by a random valid one."""
+    thought: bool = False
+    """``oracle`` only: write the oracle's short reason before the action (``Thought: ...``)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.episodes < 0:
+            raise ConfigError(f"A source's episodes must be >= 0, not {self.episodes}.")
+        OracleConfig(self.corrupt_rate, self.thought)  # validates the rate
+
+    @property
+    def needs_model(self) -> bool:
+        return self.strategy in ("agent", "min_format")
+
+    @property
+    def seeds(self) -> range:
+        return range(self.seed, self.seed + self.episodes)
+
+
+def _default_sources() -> list[SourceConfig]:
+    return [SourceConfig("random", 120, 0), SourceConfig("agent", 12, 1000), SourceConfig("min_format", 12, 2000)]
+
+
+@dataclass
+class DataConfig:
+    """The dataset a run trains on: where it lives and the sources that build it (``vlmq collect``)."""
+
+    path: str = "runs/data"
+    """Folder of Parquet shards (created by ``vlmq collect``; text and PNG, never token ids, so any model trains)."""
+    sources: list[SourceConfig] = field(default_factory=_default_sources)
+    """The sources, each a mapping of SourceConfig fields: ``{strategy: random, episodes: 120, seed: 0}``."""
+    max_turns: int | None = None
+    """FIFO cap on the stored turns (None: keep everything)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "data.")
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation: the ``agent`` strategy on seeds no dataset uses."""
+
+    episodes: int = 20
+    """Episodes per evaluation (0: none); one standard error of a success rate near 50% is ~11 points at 20."""
+    seed: int = 10_000
+    """Seed of the first evaluation episode."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "eval.")
 
 
 @dataclass
@@ -64,66 +135,84 @@ class EpisodeResult:
     valid_turns: int
 
 
+def source_name(policy: Policy | None, source: SourceConfig) -> str:
+    """What a turn's ``source`` field says: ``random``, ``oracle@<corrupt rate>`` or the model's name."""
+    if source.strategy == "random":
+        return "random"
+    if source.strategy == "oracle":
+        return f"oracle@{source.corrupt_rate:g}"
+    if policy is None:
+        raise ValueError(f"strategy {source.strategy!r} needs a policy; only 'random' and 'oracle' run without one.")
+    return policy.name
+
+
 def collect(
     policy: Policy | None,
     cfg: CollectConfig,
-    episodes: int,
-    seed: int = 0,
-    buffer=None,
-    source: str | None = None,
+    source: SourceConfig,
+    buffer: TurnBuffer | None = None,
+    seeds: Sequence[int] | None = None,
     progress: bool = True,
 ) -> list[EpisodeResult]:
-    """Run ``episodes`` episodes (seeds ``seed, seed+1, ...``) and return their results in seed order.
+    """Play one episode per seed (default: ``source.seeds``) and return the results in seed order.
 
-    Turns go to ``buffer.add`` as each episode finishes (so a killed run keeps every finished episode).
+    Each finished episode's turns go to ``buffer.add``, which writes them to disk before collection moves on.
+    ``random`` and ``oracle`` replies draw from a generator seeded by the episode's seed, so an episode is the
+    same whichever environment plays it and whatever else runs (a resumed collection repeats nothing).
+    Model replies are sampled with torch's generator, seeded with the first seed.
     """
-    if cfg.strategy not in ("random", "oracle") and policy is None:
-        raise ValueError(f"strategy {cfg.strategy!r} needs a policy; only 'random' and 'oracle' run without one.")
-    if source is None:
-        source = {"random": "random", "oracle": f"oracle@{cfg.oracle_corrupt_rate:g}"}.get(cfg.strategy) or policy.name
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    envs = [make_env(cfg.task) for _ in range(min(cfg.num_envs, episodes))]
-    next_seed, results = seed, []
+    name = source_name(policy, source)
+    seeds = list(source.seeds if seeds is None else seeds)
+    if not seeds:
+        return []
+    if policy is not None:
+        import torch
+
+        torch.manual_seed(seeds[0])
+    envs = [make_env(cfg.task) for _ in range(min(cfg.num_envs, len(seeds)))]
+    queue, results = list(seeds), []
     slots: list[dict | None] = [None] * len(envs)
+    ocfg = OracleConfig(source.corrupt_rate, source.thought)
 
     def start(i: int) -> None:
-        nonlocal next_seed
-        if next_seed >= seed + episodes:
+        if not queue:
             slots[i] = None
             return
-        obs, info = envs[i].reset(seed=next_seed)
-        slots[i] = {"seed": next_seed, "id": uuid.uuid4().hex[:12], "obs": obs, "turns": [], "state": info["state"]}
-        next_seed += 1
+        seed = queue.pop(0)
+        obs, info = envs[i].reset(seed=seed)
+        slots[i] = {"seed": seed, "id": uuid.uuid4().hex[:12], "obs": obs, "turns": [], "state": info["state"]}
+        slots[i]["rng"] = np.random.default_rng([seed, 7])  # this episode's random replies and oracle corruption
 
     for i in range(len(envs)):
         start(i)
-    bar = tqdm(total=episodes, desc=f"collect {cfg.task}/{cfg.strategy}", disable=not progress, leave=False)
+    bar = tqdm(total=len(seeds), desc=f"collect {cfg.task}/{source.strategy}", disable=not progress, leave=False)
     while any(s is not None for s in slots):
         active = [i for i, s in enumerate(slots) if s is not None]
-        replies = _replies(policy, cfg, [slots[i]["obs"] for i in active], [envs[i] for i in active], rng)
+        replies = _replies(policy, cfg, source.strategy, ocfg, [slots[i] for i in active], [envs[i] for i in active])
         for i, reply in zip(active, replies, strict=True):
             s = slots[i]
             obs = s["obs"]
             nobs, reward, term, trunc, info = envs[i].step(reply)
             image = obs["image"] if (cfg.use_images and obs.get("image") is not None) else None
-            turn = Turn(
-                episode_id=s["id"],
-                t=len(s["turns"]),
-                task=envs[i].spec.id,
-                prompt=obs["prompt"],
-                image=png_bytes(image) if image is not None else None,
-                reply=reply,
-                reward=float(reward),
-                done=bool(term or trunc),
-                truncated=bool(trunc and not term),
-                source=source,
-                strategy=cfg.strategy,
-                valid=bool(info["valid"]),
-                obs=obs["text"],
-                info=json.dumps(s["state"]),
+            s["turns"].append(
+                Turn(
+                    episode_id=s["id"],
+                    t=len(s["turns"]),
+                    task=envs[i].spec.id,
+                    prompt=obs["prompt"],
+                    image=png_bytes(image) if image is not None else None,
+                    reply=reply,
+                    reward=float(reward),
+                    done=bool(term or trunc),
+                    truncated=bool(trunc and not term),
+                    source=name,
+                    strategy=source.strategy,
+                    valid=bool(info["valid"]),
+                    obs=obs["text"],
+                    info=json.dumps(s["state"]),
+                    seed=s["seed"],
+                )
             )
-            s["turns"].append(turn)
             s["obs"], s["state"] = nobs, info["state"]
             if term or trunc:
                 turns = s["turns"]
@@ -138,23 +227,27 @@ def collect(
                     )
                 )
                 if buffer is not None:
-                    buffer.add(turns)
+                    buffer.add(turns)  # on disk before the next step
                 bar.update(1)
                 start(i)
     bar.close()
+    for env in envs:
+        env.close()
     if buffer is not None:
         buffer.flush()
     return sorted(results, key=lambda r: r.seed)
 
 
-def _replies(policy: Policy | None, cfg: CollectConfig, observations: list[dict], envs, rng) -> list[str]:
-    if cfg.strategy == "random":
-        return [env.random_reply(rng) for env in envs]
-    if cfg.strategy == "oracle":
-        ocfg = OracleConfig(cfg.oracle_corrupt_rate, cfg.oracle_thought)
-        return [oracle_reply(env, rng, ocfg) for env in envs]
+def _replies(
+    policy: Policy | None, cfg: CollectConfig, strategy: str, ocfg: OracleConfig, slots: list[dict], envs
+) -> list[str]:
+    if strategy == "random":
+        return [env.random_reply(s["rng"]) for env, s in zip(envs, slots, strict=True)]
+    if strategy == "oracle":
+        return [oracle_reply(env, s["rng"], ocfg) for env, s in zip(envs, slots, strict=True)]
+    observations = [s["obs"] for s in slots]
     images = [o.get("image") if (cfg.use_images and policy.is_vlm) else None for o in observations]
-    prefixes = [ACTION_TAG] * len(observations) if cfg.strategy == "min_format" else None
+    prefixes = [ACTION_TAG] * len(observations) if strategy == "min_format" else None
     return policy.generate(
         [o["prompt"] for o in observations],
         images,
@@ -165,12 +258,15 @@ def _replies(policy: Policy | None, cfg: CollectConfig, observations: list[dict]
 
 
 def summarize(results: list[EpisodeResult], prefix: str = "eval") -> dict[str, float]:
-    """Success rate, valid-syntax rate (valid replies / all replies), mean return and length, episode count."""
+    """Success rate (and its standard error), valid-syntax rate (valid replies / all replies), mean return and
+    length, episode count."""
     if not results:
         raise ValueError("No finished episodes to summarise.")
     turns = sum(r.length for r in results)
+    success = float(np.mean([r.success for r in results]))
     return {
-        f"{prefix}/success": float(np.mean([r.success for r in results])),
+        f"{prefix}/success": success,
+        f"{prefix}/success_se": float(np.sqrt(success * (1 - success) / len(results))),
         f"{prefix}/valid": sum(r.valid_turns for r in results) / turns,
         f"{prefix}/return": float(np.mean([r.ret for r in results])),
         f"{prefix}/length": turns / len(results),
@@ -179,22 +275,33 @@ def summarize(results: list[EpisodeResult], prefix: str = "eval") -> dict[str, f
 
 
 def evaluate(
-    policy: Policy, cfg: CollectConfig, episodes: int, seed: int = 10_000, progress: bool = True
+    policy: Policy, cfg: CollectConfig, eval_cfg: EvalConfig | None = None, progress: bool = True
 ) -> dict[str, float]:
-    """Evaluate the policy with the ``agent`` strategy on seeds ``seed..seed+episodes-1`` (no buffer)."""
-    eval_cfg = CollectConfig(**{**cfg.__dict__, "strategy": "agent"})
-    return summarize(collect(policy, eval_cfg, episodes, seed=seed, progress=progress), prefix="eval")
+    """Evaluate the policy with the ``agent`` strategy on seeds ``eval.seed .. eval.seed + eval.episodes - 1``."""
+    eval_cfg = eval_cfg or EvalConfig()
+    source = SourceConfig("agent", eval_cfg.episodes, eval_cfg.seed)
+    return summarize(collect(policy, cfg, source, progress=progress), prefix="eval")
 
 
-def collect_missing(
-    policy: Policy | None, cfg: CollectConfig, buffer, episodes: int, seed: int, source: str | None = None
-) -> list[EpisodeResult]:
-    """Dataset building that resumes: top the buffer up to ``episodes`` complete episodes of this strategy.
+def missing_seeds(buffer: TurnBuffer, source: SourceConfig, name: str) -> list[int]:
+    """The seeds of `source` with no complete episode of this source (``name``, strategy) in the buffer."""
+    have = {
+        turns[0].seed
+        for turns in buffer.episodes().values()
+        if turns[0].source == name and turns[0].strategy == source.strategy and turns[-1].done
+    }
+    return [s for s in source.seeds if s not in have]
 
-    Episodes already in the buffer for ``cfg.strategy`` (from an earlier, possibly killed run) are kept and
-    counted; only the rest are collected, on the seeds after those already used.
-    """
-    have = sum(1 for turns in buffer.episodes().values() if turns[0].strategy == cfg.strategy and turns[-1].done)
-    if have >= episodes:
-        return []
-    return collect(policy, cfg, episodes - have, seed=seed + have, buffer=buffer, source=source)
+
+def build_dataset(
+    policy: Policy | None, cfg: CollectConfig, data: DataConfig, buffer: TurnBuffer, progress: bool = True
+) -> dict[str, int]:
+    """Top `buffer` up to every source of `data`: collect exactly the seeds not yet on disk (resumable; a killed
+    run keeps every finished episode). Returns ``{source description: episodes collected now}``."""
+    collected = {}
+    for source in data.sources:
+        name = source_name(policy, source)
+        todo = missing_seeds(buffer, source, name)
+        results = collect(policy, cfg, source, buffer=buffer, seeds=todo, progress=progress)
+        collected[f"{name}/{source.strategy} seeds {source.seed}+"] = len(results)
+    return collected

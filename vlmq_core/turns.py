@@ -43,12 +43,18 @@ class Turn:
     """o_t: the raw observation text (the prompt is built from it)."""
     info: str = "{}"
     """JSON of the environment state before the step (for inspection only)."""
+    seed: int | None = None
+    """The seed its episode was reset with (``env.reset(seed=...)``); None when unknown."""
 
     def pil_image(self) -> Image.Image | None:
         """Decode `image` to a PIL RGB image (None when the turn has no image)."""
         if self.image is None:
             return None
         return Image.open(io.BytesIO(self.image)).convert("RGB")
+
+
+Transition = tuple[Turn, Turn | None]
+"""A turn and the next turn of its episode (None when the turn ends the episode): what a TD target needs."""
 
 
 def png_bytes(image: Image.Image) -> bytes:
