@@ -1,9 +1,9 @@
-"""Diagnostic (README findings 2 and 7): cache a policy's reply-position hidden states and log-probs over a
-dataset, for fast critic-only experiments. The policy is the run's SFT checkpoint, another checkpoint folder
-given as a third argument, or ``base`` (the embedded model with zero LoRA).
+"""Diagnostic (docs/FINDINGS.md, findings 2 and 3): cache a policy's reply-position hidden states and log-probs
+over a dataset, for fast critic-only experiments (``critic_probe.py``). The policy is a trained run (its run_dir
+or checkpoint folder, e.g. the SFT run of notebook 03) or ``base`` (the embedded model, zero LoRA).
 
-    python scripts/diagnostics/cache_features.py runs/03_offline_afsft /tmp/features.pt         # SFT checkpoint
-    python scripts/diagnostics/cache_features.py runs/03_offline_afsft /tmp/base.pt base        # 2-5 min here
+    python scripts/diagnostics/cache_features.py runs/numberline/data runs/numberline/sft /tmp/features.pt
+    python scripts/diagnostics/cache_features.py runs/numberline/data base /tmp/base.pt     # 2-5 min here
 """
 
 import sys
@@ -12,24 +12,21 @@ import time
 import torch
 
 from vlmq_core.buffer import TurnBuffer
-from vlmq_core.model import load_policy
+from vlmq_core.model import load_checkpoint, load_policy
+from vlmq_core.objective import reply_heads
 from vlmq_core.tokens import build_batch
-from vlmq_core.update import forward_reply
 
-run, out_path = sys.argv[1], sys.argv[2]
+data, checkpoint, out_path = sys.argv[1:4]
 start = time.time()
-policy = load_policy()
-checkpoint = sys.argv[3] if len(sys.argv) > 3 else f"{run}/sft/checkpoint"
-if checkpoint != "base":
-    policy.load(checkpoint)
+policy = load_policy() if checkpoint == "base" else load_checkpoint(checkpoint)
 policy.eval()
-pairs = TurnBuffer(f"{run}/data").transitions()
+pairs = TurnBuffer(data).transitions()
 rows = []
 with torch.no_grad():
     for i in range(0, len(pairs), 16):
         chunk = pairs[i : i + 16]
         batch = build_batch(policy, chunk)
-        fwd = forward_reply(policy, batch, with_critic=False)
+        heads = reply_heads(policy, batch)
         h0 = lp0 = None
         if batch.next_inputs is not None:
             h0 = policy.hidden(batch.next_inputs).flatten(0, 1)[batch.next_last_pos]
@@ -39,8 +36,8 @@ with torch.no_grad():
             k = (batch.next_turn_idx == j).nonzero().squeeze(1)
             rows.append(
                 {
-                    "h": fwd.h[idx].clone(),
-                    "lp": fwd.logits[idx].log_softmax(-1).half(),
+                    "h": heads.h[idx].clone(),
+                    "lp": heads.logits[idx].log_softmax(-1).half(),
                     "tok": batch.tokens[idx].clone(),
                     "r": float(turn.reward),
                     "d": float(turn.done),

@@ -1,4 +1,5 @@
-"""Diagnostic: is "this move was good" in the hidden states, and how fast does a critic MLP learn it?
+"""Diagnostic (docs/FINDINGS.md, findings 2-3): is "this move was good" in the hidden states, and how fast does
+a critic MLP learn it?
 
 Random-action turns only. Linear probes (ridge, closed form, held-out third): at the position predicting
 ``+``/``-`` ("target above current") and at the stop-token position ("turn reward >= 0"). Then the critic's
@@ -15,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from vlmq_core.critic import InputWhitening
+from vlmq_core.critic import CriticHead, InputWhitening
 
 rows = torch.load(sys.argv[1], weights_only=False)
 rand = [r for r in rows if r["strategy"] == "random"]
@@ -39,15 +40,15 @@ every = torch.cat([r["h"] for r in rows])
 stop = torch.stack([r["h"][-1] for r in rand])
 standardised = (stop - every.mean(0)) / (every.std(0) + 1e-6)
 print("spread of stop-token states / spread over all reply positions:", round(standardised[:n].std(0).mean().item(), 3))
-whiten = InputWhitening(every.shape[1], eps=0.01)
+whiten = InputWhitening(every.shape[1])
 whiten.observe(every, exact=True)
-whiten.refresh([])
+whiten.refresh([], eps=0.01)
 target = torch.tensor([r["r"] for r in rand]) / 10
 
 
 def regress(x: torch.Tensor, name: str) -> None:
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 400), torch.nn.ReLU(), torch.nn.Linear(400, 1))
+    net = CriticHead(x.shape[1], 1, hidden=400)  # the critic's MLP, with one output
     opt = torch.optim.AdamW(net.parameters(), lr=6e-4, weight_decay=0)
     rng = np.random.default_rng(0)
     aucs = []

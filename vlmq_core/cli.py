@@ -1,0 +1,175 @@
+"""The ``vlmq`` command line: ``collect``, ``train`` and ``eval`` over one run config.
+
+    vlmq collect --config configs/numberline_afsft.yaml                 # build or top up the dataset
+    vlmq train   --config configs/numberline_afsft.yaml train.steps=400  # train (resumes a killed run)
+    vlmq eval runs/numberline/afsft --episodes 100 --seed 20000          # score a checkpoint (or `base`)
+
+Also ``python -m vlmq_core.cli``, so ``accelerate launch -m vlmq_core.cli train ...`` works. Overrides are dotted
+``key=value`` pairs (values read as YAML); ``vlmq train --help`` lists every key with its help. A bad value or an
+unknown key exits with status 2 and one sentence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from vlmq_core import config
+from vlmq_core.config import ConfigError
+
+EPILOG_WIDTH = 118
+
+
+def _options_text() -> str:
+    from vlmq_core.run import RunConfig
+
+    lines = ["config keys (override any as key=value; the config file sets them first):"]
+    for key, tp, default, doc in config.options(RunConfig):
+        items = isinstance(default, list) and default and dataclasses.is_dataclass(default[0])
+        shown = f" = {len(default)} items" if items else f" = {default!r}"
+        lines.append(f"  {key} ({tp}){shown}")
+        if doc:
+            first_paragraph = doc.split("\n\n")[0].replace("\n", " ")
+            lines += textwrap.wrap(first_paragraph, EPILOG_WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2 (argparse's own usage dump is noise here)
+        self.exit(2, f"vlmq: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _config_parser(sub, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=description,
+        epilog=_options_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML run config (configs/ has the shipped ones); omitted: every default")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.steps=400")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vlmq", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _config_parser(
+        sub,
+        "collect",
+        "build or top up a dataset",
+        "Build or top up the dataset of a run config (data.path, data.sources; the model for agent/min_format "
+        "sources). Resumable: seeds already on disk are skipped, a killed run keeps every finished episode.",
+    )
+    _config_parser(
+        sub,
+        "train",
+        "train offline (SFT / AFSFT / max-Q) from a dataset",
+        "Train the run of a config on its dataset (loss.actor: sft, afsft or maxq), checkpointing to run_dir; "
+        "the same command resumes a killed run. Evaluates at the end when eval.episodes > 0 (run_dir/eval.json).",
+    )
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint or the base model",
+        description="Evaluate a trained run (its run_dir or checkpoint folder) or `base` (the config's model, "
+        "untrained) with the agent strategy; prints the metrics and writes them as JSON.",
+        epilog=_options_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ev.add_argument("checkpoint", help="a run directory, a checkpoint folder, or `base`")
+    ev.add_argument("--task", help="task to play (default: the run's collect.task)")
+    ev.add_argument("--episodes", type=int, default=100, help="episodes (default 100)")
+    ev.add_argument("--seed", type=int, default=20_000, help="first seed (default 20000, used by no dataset)")
+    ev.add_argument("--config", help="run config for `base` (model, collect settings); default: the run's own")
+    ev.add_argument("--device", help="override model.device (e.g. cpu to score a GPU run on a laptop)")
+    ev.add_argument("--out", help="JSON file to write (default: <run_dir>/eval-<task>-s<seed>-n<episodes>.json)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the config")
+    return parser
+
+
+def _collect(args) -> int:
+    from vlmq_core.run import collect_data, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    buffer = collect_data(cfg, progress=not args.quiet)
+    print(json.dumps(buffer.stats(), indent=1))
+    return 0
+
+
+def _train(args) -> int:
+    from vlmq_core.run import load_config, train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, progress=not args.quiet)
+    last = result.history[-1] if result.history else {}
+    shown = {k: last[k] for k in ("step", "train/loss", "actor/kept_frac") if k in last}
+    print(f"{cfg.run_dir}: {len(result.history)} updates; last: {json.dumps(shown)}")
+    if result.eval is not None:
+        print(json.dumps(result.eval, indent=1))
+    return 0
+
+
+def _eval(args) -> int:
+    from vlmq_core.collect import EvalConfig, evaluate
+    from vlmq_core.model import PolicyConfig, load_checkpoint, load_policy
+    from vlmq_core.run import load_config, write_json
+
+    base = args.checkpoint == "base"
+    folder = None if base else Path(args.checkpoint)
+    if folder is not None and not folder.exists():
+        raise ConfigError(f"{folder} does not exist: give a run directory, a checkpoint folder, or `base`.")
+    run_dir = None if folder is None else (folder.parent if folder.name == "checkpoint" else folder)
+    saved = run_dir / "config.yaml" if run_dir is not None else None
+    cfg_file = args.config or (str(saved) if saved is not None and saved.is_file() else None)
+    overrides = list(args.overrides) + ([f"collect.task={args.task}"] if args.task else [])
+    overrides += [f"model.device={args.device}"] if args.device else []
+    cfg = load_config(cfg_file, overrides)
+    if base:
+        policy = load_policy(PolicyConfig(model=cfg.model, lora=cfg.lora))
+    else:
+        policy = load_checkpoint(folder, device=args.device)
+    metrics = evaluate(policy, cfg.collect, EvalConfig(args.episodes, args.seed), progress=not args.quiet)
+    name = f"eval-{cfg.collect.task}-s{args.seed}-n{args.episodes}.json"
+    out = Path(args.out) if args.out else (Path("runs/eval") / f"base-{name}" if base else run_dir / name)
+    from vlmq_core import hardware
+
+    record = {"checkpoint": args.checkpoint, "model": policy.name, "task": cfg.collect.task, "seed": args.seed}
+    write_json(out, record | {"hardware": hardware.describe(), **metrics})
+    se = metrics["eval/success_se"]
+    print(
+        f"{args.checkpoint}: success {metrics['eval/success']:.1%} (SE {se:.1%}), valid {metrics['eval/valid']:.1%}, "
+        f"return {metrics['eval/return']:.2f} over {int(metrics['eval/episodes'])} episodes -> {out}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vlmq`` console script; returns the exit status (2 for a bad config or argument)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # overrides may come before or after options
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = [*args.overrides, *extra]
+    from vlmq_core.buffer import BufferError
+    from vlmq_core.model import ModelLoadError
+
+    try:
+        return {"collect": _collect, "train": _train, "eval": _eval}[args.command](args)
+    except (ConfigError, ModelLoadError) as e:  # a bad config, override, argument or model name
+        print(f"vlmq {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BufferError as e:  # a dataset on disk that cannot be used
+        print(f"vlmq {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
