@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up, then run the main job: papermill executes the notebooks on the embedded model into nbs_outputs/.
-# Extra arguments go to papermill, e.g. `bash scripts/main.sh -p train_steps 200`.
+# Extra arguments go to papermill, e.g. `bash scripts/main.sh -y "overrides: [train.steps=400]"`.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 mkdir -p nbs_outputs

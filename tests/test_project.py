@@ -84,3 +84,16 @@ def test_readme_results_match_the_committed_metrics():
         want = metrics[run]
         assert cells[:2] == [f"{want['success']:.0%}", f"{want['valid']:.0%}"], (run, cells)
         assert float(cells[2]) == round(want["return"], 2), (run, cells)
+
+
+def test_overrides_quoted_in_the_docs_are_valid_config_keys():
+    """Every dotted `key=value` the README and docs/FINDINGS.md tell a user to type parses as a config override."""
+    from vlmq_core.run import load_config
+
+    quoted = set()
+    for doc in ("README.md", "docs/FINDINGS.md"):
+        quoted |= set(re.findall(r"(?<![\w./-])([a-z_]+\.[a-z_.0-9]+=[^\s`\"\]]+)", (ROOT / doc).read_text()))
+    quoted.discard("no.such.key=1")  # the README's example of an error
+    assert len(quoted) >= 10, quoted
+    for override in sorted(quoted):
+        load_config(None, [override])  # raises ConfigError naming the key if the docs drifted

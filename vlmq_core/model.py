@@ -120,7 +120,7 @@ def _quantization_config(cfg: ModelConfig, device: torch.device):
         return None
     if device.type != "cuda":
         raise ModelLoadError(
-            f"quantization={cfg.quantization!r} needs CUDA (bitsandbytes); set quantization=None on CPU."
+            f"model.quantization={cfg.quantization} needs CUDA (bitsandbytes); set model.quantization=null on CPU."
         )
     try:
         import bitsandbytes  # noqa: F401
@@ -166,7 +166,7 @@ def load_backbone(cfg: ModelConfig) -> tuple[nn.Module, object, bool]:
             f"Could not load a model config from {cfg.name!r}: {e}\n"
             "Check the id (e.g. 'HuggingFaceTB/SmolVLM-256M-Instruct'), that this machine can reach the hub or "
             "has the model in its cache (HF_HUB_OFFLINE=1), or pass a local folder; 'embedded' always works offline. "
-            "Models with their own code need trust_remote_code=True."
+            "Models with their own code need model.trust_remote_code=true."
         ) from e
     is_vlm = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
     try:
