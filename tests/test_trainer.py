@@ -14,7 +14,6 @@ from vlmq_core.model import Policy, PolicyConfig
 from vlmq_core.tiny import tiny_llama
 from vlmq_core.trainer import TrainConfig, Trainer, load_history
 
-
 SMALL_CRITIC = CriticConfig(hidden=32)
 """A narrow critic: its |V|-wide output layer (49152 tokens) dominates a tiny model's update time."""
 
