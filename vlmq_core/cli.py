@@ -117,6 +117,7 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
+    from vlmq_core import hardware
     from vlmq_core.collect import EvalConfig, evaluate
     from vlmq_core.model import PolicyConfig, load_checkpoint, load_policy
     from vlmq_core.run import load_config, write_json
@@ -138,8 +139,6 @@ def _eval(args) -> int:
     metrics = evaluate(policy, cfg.collect, EvalConfig(args.episodes, args.seed), progress=not args.quiet)
     name = f"eval-{cfg.collect.task}-s{args.seed}-n{args.episodes}.json"
     out = Path(args.out) if args.out else (Path("runs/eval") / f"base-{name}" if base else run_dir / name)
-    from vlmq_core import hardware
-
     record = {"checkpoint": args.checkpoint, "model": policy.name, "task": cfg.collect.task, "seed": args.seed}
     write_json(out, record | {"hardware": hardware.describe(), **metrics})
     se = metrics["eval/success_se"]

@@ -271,18 +271,25 @@ def dumps(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
 
 
-def save(cfg: Any, path: str | os.PathLike) -> Path:
-    """Write the config as YAML atomically (temp file + rename); returns the path."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a temp file in the same folder and a rename: a kill leaves the old file or
+    the new one, never half of one. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(dumps(cfg))
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
 
 
-def differences(a: Any, b: Any) -> list[str]:
-    """Dotted keys whose values differ between two configs of the same class."""
+def save(cfg: Any, path: str | os.PathLike) -> Path:
+    """Write the config as YAML atomically; returns the path."""
+    return write_text_atomic(path, dumps(cfg))
+
+
+def differences(a: Any, b: Any) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (value in a, value in b)}`` for the keys whose values differ between two configs of one
+    class, sorted by key (lists compare whole)."""
 
     def flat(d: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(d, dict):
@@ -290,4 +297,4 @@ def differences(a: Any, b: Any) -> list[str]:
         return {prefix[:-1]: d}
 
     fa, fb = flat(to_dict(a)), flat(to_dict(b))
-    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(fa.keys() | fb.keys()) if fa.get(k) != fb.get(k)}

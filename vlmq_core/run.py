@@ -83,19 +83,14 @@ def notebook_configs(
             if diff:
                 raise ConfigError(
                     f"Runs {first_name!r} and {name!r} must share {section} to be compared, but differ in "
-                    f"{section}.{diff[0]}; set it in both config files or in the common overrides."
+                    f"{section}.{next(iter(diff))}; set it in both config files or in the common overrides."
                 )
     return cfgs
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write `obj` as indented JSON atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-    return path
+    return config.write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 # ---- the dataset ---------------------------------------------------------------------------------------
@@ -143,19 +138,13 @@ def _check_resumable(cfg: RunConfig) -> None:
     if not saved_path.is_file():
         return
     saved = load_config(saved_path)
-    changed = [k for k in config.differences(saved, cfg) if not k.startswith(RESUMABLE_CHANGES)]
+    changed = {k: v for k, v in config.differences(saved, cfg).items() if not k.startswith(RESUMABLE_CHANGES)}
     if changed:
+        key, (there, now) = next(iter(changed.items()))
         raise ConfigError(
-            f"{cfg.run_dir} holds a run with another config ({changed[0]}: {_get(saved, changed[0])!r} there, "
-            f"{_get(cfg, changed[0])!r} now); continue it with its own config or give this run a new run_dir."
+            f"{cfg.run_dir} holds a run with another config ({key}: {there!r} there, {now!r} now); continue it "
+            "with its own config or give this run a new run_dir."
         )
-
-
-def _get(cfg: Any, key: str) -> Any:
-    value: Any = config.to_dict(cfg)
-    for part in key.split("."):
-        value = value[int(part)] if isinstance(value, list) else value.get(part)
-    return value
 
 
 @dataclass
@@ -198,5 +187,6 @@ def evaluate_run(cfg: RunConfig, policy: Policy, step: int, progress: bool = Tru
         saved = json.loads(path.read_text())
         if {k: saved.get(k) for k in settings} == settings:
             return saved
-    metrics = evaluate(policy, cfg.collect, cfg.eval, progress=progress)
-    return json.loads(write_json(path, settings | {"hardware": hardware.describe(), **metrics}).read_text())
+    record = settings | {"hardware": hardware.describe(), **evaluate(policy, cfg.collect, cfg.eval, progress=progress)}
+    write_json(path, record)
+    return record

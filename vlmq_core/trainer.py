@@ -104,6 +104,11 @@ def sum_over_processes(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def whitening_sums(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:meth:`InputWhitening.sums` of hidden states (N, d), summed over processes."""
+    return tuple(sum_over_processes(t) for t in InputWhitening.sums(h.float()))
+
+
 class Trainer:
     """Trains a :class:`Policy` on a :class:`TurnBuffer` with SFT, AFSFT or the max-Q actor.
 
@@ -192,8 +197,7 @@ class Trainer:
         popart_sums = sum_over_processes(PopArt.sums(targets.y))
         policy.popart.update(popart_sums, self.cfg.popart_beta, [policy.critic, policy.target_critic])
         if self.whitening_active and self.cfg.whiten_every:  # running statistics, read only by the refreshes
-            whiten_sums = tuple(sum_over_processes(t) for t in InputWhitening.sums(h.float()))
-            policy.whiten.merge(whiten_sums, self.cfg.whiten_beta)
+            policy.whiten.merge(whitening_sums(h), self.cfg.whiten_beta)
 
     @torch.no_grad()
     def calibrate_critic_inputs(self, progress: bool = True) -> int:
@@ -212,7 +216,7 @@ class Trainer:
             while left > 0:
                 n = min(cfg.batch_size, left)
                 h = reply_hidden(policy, build_batch(policy, self.buffer.sample(n, rng))).float()
-                policy.whiten.merge(tuple(sum_over_processes(t) for t in InputWhitening.sums(h)), 0.0, exact=True)
+                policy.whiten.merge(whitening_sums(h), 0.0, exact=True)
                 seen, left = seen + h.shape[0], left - n
                 bar.update(n)
         finally:
@@ -287,9 +291,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         self.history = load_history(self.run_dir, up_to=self.step)
-        tmp = self.run_dir / "metrics.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(m) + "\n" for m in self.history))
-        os.replace(tmp, self.run_dir / "metrics.jsonl")
+        config.write_text_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.history))
         return True
 
 
