@@ -163,6 +163,7 @@ class TurnBuffer:
         self._shards: list[tuple[Path, int]] = []  # (file, number of turns), oldest first
         self._next_index = 0
         self._transitions: list[Transition] | None = None
+        self._episode_ids: set[str] | None = None
         self.path.mkdir(parents=True, exist_ok=True)
         self._load()
         self._apply_cap()
@@ -211,7 +212,7 @@ class TurnBuffer:
             self._shards[0] = (shard, n - rest)
         _fsync_dir(self.path)
         del self._turns[:excess]
-        self._transitions = None
+        self._transitions = self._episode_ids = None
 
     def _compact(self, min_shards: int) -> None:
         """Merge the trailing shards smaller than `shard_size` into one, when there are at least `min_shards`."""
@@ -244,7 +245,7 @@ class TurnBuffer:
         self._next_index += 1
         self._shards.append((shard, len(turns)))
         self._turns.extend(turns)
-        self._transitions = None
+        self._transitions = self._episode_ids = None
         self._compact(self.compact_every)
         self._apply_cap()
 
@@ -267,6 +268,12 @@ class TurnBuffer:
     def turns(self) -> list[Turn]:
         """All turns in insertion order; a copy."""
         return list(self._turns)
+
+    def has_episode(self, episode_id: str) -> bool:
+        """Whether any turn of episode `episode_id` is held (a resumed online run skips episodes already stored)."""
+        if self._episode_ids is None:
+            self._episode_ids = {turn.episode_id for turn in self._turns}
+        return episode_id in self._episode_ids
 
     def episodes(self) -> dict[str, list[Turn]]:
         """Episode id -> its turns sorted by `t` (episodes in order of first appearance)."""
@@ -334,6 +341,7 @@ class TurnBuffer:
             ),
             "buffer/success_frac": (float(np.mean([ep[-1].reward > 0 for ep in complete])) if complete else nan),
             "buffer/by_source": dict(Counter(turn.source for turn in self._turns)),
+            "buffer/by_strategy": dict(Counter(turn.strategy for turn in self._turns)),
         }
 
     def __repr__(self) -> str:

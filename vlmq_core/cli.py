@@ -1,7 +1,9 @@
-"""The ``vlmq`` command line: ``collect``, ``train`` and ``eval`` over one run config.
+"""The ``vlmq`` command line: ``collect``, ``train``, ``online`` and ``eval`` over one run config.
 
     vlmq collect --config configs/numberline_afsft.yaml                 # build or top up the dataset
     vlmq train   --config configs/numberline_afsft.yaml train.steps=400  # train (resumes a killed run)
+    vlmq online  --config configs/numberline_online.yaml                # offline, then online (resumes too)
+    vlmq online  --resume runs/numberline/online                        # continue a run with its own config
     vlmq eval runs/numberline/afsft --episodes 100 --seed 20000          # score a checkpoint (or `base`)
 
 Also ``python -m vlmq_core.cli``, so ``accelerate launch -m vlmq_core.cli train ...`` works. Overrides are dotted
@@ -74,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
         "Train the run of a config on its dataset (loss.actor: sft, afsft or maxq), checkpointing to run_dir; "
         "the same command resumes a killed run. Evaluates at the end when eval.episodes > 0 (run_dir/eval.json).",
     )
+    on = _config_parser(
+        sub,
+        "online",
+        "train offline-to-online: collect with the current policy, update, evaluate, repeat",
+        "Run the offline-to-online loop of a config (online.*: epochs of collection with exploration prompting, "
+        "updates and evaluation; the dataset first when online.use_dataset). Checkpoints every epoch; the same "
+        "command, or --resume RUN_DIR, continues a killed run exactly. A config file may start from a preset "
+        "(`preset: gym-cards-paper` or `babyai-paper`).",
+    )
+    on.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its own config.yaml")
     ev = sub.add_parser(
         "eval",
         help="evaluate a checkpoint or the base model",
@@ -111,6 +123,28 @@ def _train(args) -> int:
     last = result.history[-1] if result.history else {}
     shown = {k: last[k] for k in ("step", "train/loss", "actor/kept_frac") if k in last}
     print(f"{cfg.run_dir}: {len(result.history)} updates; last: {json.dumps(shown)}")
+    if result.eval is not None:
+        print(json.dumps(result.eval, indent=1))
+    return 0
+
+
+def _online(args) -> int:
+    from vlmq_core.online import run_online
+    from vlmq_core.run import load_config
+
+    if args.resume:
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume {args.resume}: no config.yaml there, so no run to continue.")
+        if args.config:
+            raise ConfigError("Give --resume RUN_DIR or --config FILE, not both (the run keeps its own config).")
+        cfg = load_config(saved, args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    result = run_online(cfg, progress=not args.quiet)
+    last = result.history[-1] if result.history else {}
+    keys = ("epoch", "online/updates", "online/env_steps", "online/success", "buffer/turns")
+    print(f"{cfg.run_dir}: {json.dumps({k: last[k] for k in keys if k in last})}")
     if result.eval is not None:
         print(json.dumps(result.eval, indent=1))
     return 0
@@ -161,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     from vlmq_core.model import ModelLoadError
 
     try:
-        return {"collect": _collect, "train": _train, "eval": _eval}[args.command](args)
+        return {"collect": _collect, "train": _train, "online": _online, "eval": _eval}[args.command](args)
     except (ConfigError, ModelLoadError) as e:  # a bad config, override, argument or model name
         print(f"vlmq {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Self
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -146,6 +146,127 @@ def source_name(policy: Policy | None, source: SourceConfig) -> str:
     return policy.name
 
 
+@dataclass
+class Slot:
+    """The episode one environment is playing: its seed, id, turns so far, current observation and generator."""
+
+    seed: int
+    episode_id: str
+    obs: dict
+    state: dict
+    rng: np.random.Generator
+    """This episode's generator: random replies, oracle corruption and (online) the per-turn strategy draw."""
+    turns: list[Turn] = field(default_factory=list)
+
+
+class EnvSlots:
+    """`n` environments of one task stepped in lockstep, each playing one episode at a time.
+
+    :meth:`step` asks for one reply per active environment (one batched ``generate`` over the turns that need the
+    model, whatever mix of strategies they use), steps them, and returns the episodes that finished. The
+    environments are built once and closed by :meth:`close` (or leaving a ``with`` block).
+    """
+
+    def __init__(self, cfg: CollectConfig, n: int, policy: Policy | None = None):
+        self.cfg, self.policy = cfg, policy
+        self.envs = [make_env(cfg.task) for _ in range(n)]
+        self.slots: list[Slot | None] = [None] * n
+        self.last_turns: list[Turn] = []
+        """The turns the last :meth:`step` took, one per slot that was active."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+    @property
+    def active(self) -> list[int]:
+        return [i for i, s in enumerate(self.slots) if s is not None]
+
+    def start(self, i: int, seed: int, episode_id: str | None = None) -> Slot:
+        """Reset environment `i` on `seed`; the episode's generator is seeded by the seed alone."""
+        obs, info = self.envs[i].reset(seed=seed)
+        rng = np.random.default_rng([seed, 7])
+        self.slots[i] = Slot(seed, episode_id or uuid.uuid4().hex[:12], obs, info["state"], rng)
+        return self.slots[i]
+
+    def step(
+        self, strategies: Sequence[str], names: Sequence[str], ocfg: OracleConfig
+    ) -> list[tuple[int, list[Turn], EpisodeResult]]:
+        """One reply per active slot (``strategies[k]`` and ``names[k]`` for the k-th active slot), one env step
+        each. Returns ``(slot index, turns, result)`` per finished episode; its slot is then empty."""
+        active = self.active
+        replies = _replies(self.policy, self.cfg, strategies, ocfg, [self.slots[i] for i in active], self.envs, active)
+        finished, self.last_turns = [], []
+        for i, reply, strategy, name in zip(active, replies, strategies, names, strict=True):
+            done, result = self.apply(i, reply, strategy, name)
+            self.last_turns.append(self.slots[i].turns[-1])
+            if done:
+                finished.append((i, self.slots[i].turns, result))
+                self.slots[i] = None
+        return finished
+
+    def apply(self, i: int, reply: str, strategy: str, name: str) -> tuple[bool, EpisodeResult | None]:
+        """Step environment `i` with `reply` and record the turn; ``(episode over, its result or None)``."""
+        s, env = self.slots[i], self.envs[i]
+        obs = s.obs
+        nobs, reward, term, trunc, info = env.step(reply)
+        image = obs["image"] if (self.cfg.use_images and obs.get("image") is not None) else None
+        s.turns.append(
+            Turn(
+                episode_id=s.episode_id,
+                t=len(s.turns),
+                task=env.spec.id,
+                prompt=obs["prompt"],
+                image=png_bytes(image) if image is not None else None,
+                reply=reply,
+                reward=float(reward),
+                done=bool(term or trunc),
+                truncated=bool(trunc and not term),
+                source=name,
+                strategy=strategy,
+                valid=bool(info["valid"]),
+                obs=obs["text"],
+                info=json.dumps(s.state),
+                seed=s.seed,
+            )
+        )
+        s.obs, s.state = nobs, info["state"]
+        if not (term or trunc):
+            return False, None
+        turns = s.turns
+        return True, EpisodeResult(
+            episode_id=s.episode_id,
+            seed=s.seed,
+            ret=sum(t.reward for t in turns),
+            length=len(turns),
+            success=bool(info.get("success", False)),
+            valid_turns=sum(t.valid for t in turns),
+        )
+
+    def replay(self, i: int, seed: int, episode_id: str, turns: list[Turn], rng_state: dict) -> Slot:
+        """Rebuild an episode in progress (a resumed run): reset on its seed, step through its recorded replies,
+        and check that the environment shows the same prompts again. Restores the episode's generator."""
+        slot = self.start(i, seed, episode_id)
+        for turn in turns:
+            if slot.obs["prompt"] != turn.prompt:
+                raise RuntimeError(
+                    f"Replaying episode {episode_id} (seed {seed}) of {self.cfg.task} gave another prompt at turn "
+                    f"{turn.t}: the environment is not deterministic given its seed, so this run cannot resume."
+                )
+            done, _ = self.apply(i, turn.reply, turn.strategy, turn.source)
+            if done:
+                raise RuntimeError(f"Replaying episode {episode_id} (seed {seed}) ended it early; it cannot resume.")
+        slot.turns = list(turns)
+        slot.rng.bit_generator.state = rng_state
+        return slot
+
+
 def collect(
     policy: Policy | None,
     cfg: CollectConfig,
@@ -165,96 +286,71 @@ def collect(
     seeds = list(source.seeds if seeds is None else seeds)
     if not seeds:
         return []
+    if source.needs_model and policy is None:
+        raise ValueError(f"strategy {source.strategy!r} needs a policy; only 'random' and 'oracle' run without one.")
     if policy is not None:
         import torch
 
         torch.manual_seed(seeds[0])
-    envs = [make_env(cfg.task) for _ in range(min(cfg.num_envs, len(seeds)))]
     queue, results = list(seeds), []
-    slots: list[dict | None] = [None] * len(envs)
     ocfg = OracleConfig(source.corrupt_rate, source.thought)
-
-    def start(i: int) -> None:
-        if not queue:
-            slots[i] = None
-            return
-        seed = queue.pop(0)
-        obs, info = envs[i].reset(seed=seed)
-        slots[i] = {"seed": seed, "id": uuid.uuid4().hex[:12], "obs": obs, "turns": [], "state": info["state"]}
-        slots[i]["rng"] = np.random.default_rng([seed, 7])  # this episode's random replies and oracle corruption
-
-    for i in range(len(envs)):
-        start(i)
     bar = tqdm(total=len(seeds), desc=f"collect {cfg.task}/{source.strategy}", disable=not progress, leave=False)
-    while any(s is not None for s in slots):
-        active = [i for i, s in enumerate(slots) if s is not None]
-        replies = _replies(policy, cfg, source.strategy, ocfg, [slots[i] for i in active], [envs[i] for i in active])
-        for i, reply in zip(active, replies, strict=True):
-            s = slots[i]
-            obs = s["obs"]
-            nobs, reward, term, trunc, info = envs[i].step(reply)
-            image = obs["image"] if (cfg.use_images and obs.get("image") is not None) else None
-            s["turns"].append(
-                Turn(
-                    episode_id=s["id"],
-                    t=len(s["turns"]),
-                    task=envs[i].spec.id,
-                    prompt=obs["prompt"],
-                    image=png_bytes(image) if image is not None else None,
-                    reply=reply,
-                    reward=float(reward),
-                    done=bool(term or trunc),
-                    truncated=bool(trunc and not term),
-                    source=name,
-                    strategy=source.strategy,
-                    valid=bool(info["valid"]),
-                    obs=obs["text"],
-                    info=json.dumps(s["state"]),
-                    seed=s["seed"],
-                )
-            )
-            s["obs"], s["state"] = nobs, info["state"]
-            if term or trunc:
-                turns = s["turns"]
-                results.append(
-                    EpisodeResult(
-                        episode_id=s["id"],
-                        seed=s["seed"],
-                        ret=sum(t.reward for t in turns),
-                        length=len(turns),
-                        success=bool(info.get("success", False)),
-                        valid_turns=sum(t.valid for t in turns),
-                    )
-                )
+    with EnvSlots(cfg, min(cfg.num_envs, len(seeds)), policy) as envs:
+        for i in range(len(envs.envs)):
+            envs.start(i, queue.pop(0))
+        while envs.active:
+            n = len(envs.active)
+            for i, turns, result in envs.step([source.strategy] * n, [name] * n, ocfg):
+                results.append(result)
                 if buffer is not None:
                     buffer.add(turns)  # on disk before the next step
                 bar.update(1)
-                start(i)
+                if queue:
+                    envs.start(i, queue.pop(0))
     bar.close()
-    for env in envs:
-        env.close()
     if buffer is not None:
         buffer.flush()
     return sorted(results, key=lambda r: r.seed)
 
 
+MODEL_STRATEGIES = ("agent", "min_format")
+"""Strategies whose reply the model writes (one batched ``generate`` over all of them)."""
+
+
 def _replies(
-    policy: Policy | None, cfg: CollectConfig, strategy: str, ocfg: OracleConfig, slots: list[dict], envs
+    policy: Policy | None,
+    cfg: CollectConfig,
+    strategies: Sequence[str],
+    ocfg: OracleConfig,
+    slots: list[Slot],
+    envs: list,
+    active: list[int],
 ) -> list[str]:
-    if strategy == "random":
-        return [env.random_reply(s["rng"]) for env, s in zip(envs, slots, strict=True)]
-    if strategy == "oracle":
-        return [oracle_reply(env, s["rng"], ocfg) for env, s in zip(envs, slots, strict=True)]
-    observations = [s["obs"] for s in slots]
-    images = [o.get("image") if (cfg.use_images and policy.is_vlm) else None for o in observations]
-    prefixes = [ACTION_TAG] * len(observations) if strategy == "min_format" else None
-    return policy.generate(
-        [o["prompt"] for o in observations],
-        images,
-        max_new_tokens=cfg.max_reply_tokens,
-        temperature=cfg.temperature,
-        prefixes=prefixes,
-    )
+    """One reply per active slot: random and oracle replies from the episode's generator, the model's replies
+    from one batched ``generate`` (``min_format`` rows prefilled with ``[action]``)."""
+    replies: list[str | None] = [None] * len(slots)
+    model_rows = [k for k, strategy in enumerate(strategies) if strategy in MODEL_STRATEGIES]
+    for k, (strategy, slot, i) in enumerate(zip(strategies, slots, active, strict=True)):
+        if strategy == "random":
+            replies[k] = envs[i].random_reply(slot.rng)
+        elif strategy == "oracle":
+            replies[k] = oracle_reply(envs[i], slot.rng, ocfg)
+        elif strategy not in MODEL_STRATEGIES:
+            raise ValueError(f"Unknown strategy {strategy!r}: use agent, min_format, random or oracle.")
+    if model_rows:
+        observations = [slots[k].obs for k in model_rows]
+        images = [o.get("image") if (cfg.use_images and policy.is_vlm) else None for o in observations]
+        prefixes = [ACTION_TAG if strategies[k] == "min_format" else "" for k in model_rows]
+        generated = policy.generate(
+            [o["prompt"] for o in observations],
+            images,
+            max_new_tokens=cfg.max_reply_tokens,
+            temperature=cfg.temperature,
+            prefixes=prefixes,
+        )
+        for k, reply in zip(model_rows, generated, strict=True):
+            replies[k] = reply
+    return replies
 
 
 def summarize(results: list[EpisodeResult], prefix: str = "eval") -> dict[str, float]:

@@ -22,7 +22,7 @@ import os
 import re
 import textwrap
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -252,8 +252,14 @@ def apply_overrides(cfg: T, overrides: Iterable[str] | Mapping[str, Any] = ()) -
 # ---- files ----------------------------------------------------------------------------------------------
 
 
-def load(cls: type[T], path: str | os.PathLike | None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> T:
-    """Read a YAML config file into dataclass `cls` (None: the defaults), then apply dotted overrides."""
+def load(
+    cls: type[T],
+    path: str | os.PathLike | None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    prepare: Callable[[dict], dict] | None = None,
+) -> T:
+    """Read a YAML config file into dataclass `cls` (None: the defaults), then apply dotted overrides. `prepare`
+    rewrites the file's mapping first (``RunConfig`` files expand their ``preset:`` key there)."""
     data: Any = {}
     if path is not None:
         p = Path(path)
@@ -263,6 +269,10 @@ def load(cls: type[T], path: str | os.PathLike | None, overrides: Iterable[str] 
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"Config file {p} is not valid YAML ({e}).") from e
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"Config file {p} must be a mapping of keys, not {type(data).__name__}.")
+    if prepare is not None:
+        data = prepare(dict(data))
     return apply_overrides(from_dict(cls, data), overrides)
 
 

@@ -24,9 +24,21 @@ from vlmq_core.config import ConfigError
 from vlmq_core.critic import CriticConfig
 from vlmq_core.losses import LossConfig
 from vlmq_core.model import LoRAConfig, ModelConfig, Policy, PolicyConfig, load_policy
+from vlmq_core.online import OnlineConfig, merge_preset
+from vlmq_core.report import Reporter
 from vlmq_core.trainer import TrainConfig, Trainer
 
-RESUMABLE_CHANGES = ("run_dir", "data.path", "model.device", "train.steps", "train.checkpoint_every", "eval.")
+RESUMABLE_CHANGES = (
+    "run_dir",
+    "data.path",
+    "model.device",
+    "train.steps",
+    "train.checkpoint_every",
+    "train.report_to",
+    "eval.",
+    "online.epochs",
+    "online.eval_every",
+)
 """Keys whose values may change when a run directory is continued (anything else is another run)."""
 
 
@@ -51,15 +63,19 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     """The dataset: its folder and its sources."""
     eval: EvalConfig = field(default_factory=EvalConfig)
-    """Held-out evaluation after training."""
+    """Held-out evaluation after training (and every ``online.eval_every`` epochs of an online run)."""
+    online: OnlineConfig = field(default_factory=OnlineConfig)
+    """The offline-to-online loop of ``vlmq online`` (unused by ``vlmq train``)."""
 
     def __post_init__(self) -> None:
         config.check_fields(self)
 
 
 def load_config(path: str | os.PathLike | None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> RunConfig:
-    """A :class:`RunConfig` from a YAML file (None: the defaults) and dotted overrides (``["train.steps=400"]``)."""
-    return config.load(RunConfig, path, overrides)
+    """A :class:`RunConfig` from a YAML file (None: the defaults) and dotted overrides (``["train.steps=400"]``).
+    A file may start from a named preset (``preset: gym-cards-paper``; :data:`vlmq_core.online.PRESETS`): its
+    own keys, then the overrides, replace the preset's."""
+    return config.load(RunConfig, path, overrides, prepare=merge_preset)
 
 
 def notebook_configs(
@@ -132,7 +148,7 @@ def policy_config(cfg: RunConfig, buffer: TurnBuffer | None = None) -> PolicyCon
     return PolicyConfig(model=cfg.model, lora=cfg.lora, critic=critic)
 
 
-def _check_resumable(cfg: RunConfig) -> None:
+def check_resumable(cfg: RunConfig) -> None:
     """A run directory that already holds a config continues only with the same run (RESUMABLE_CHANGES aside)."""
     saved_path = Path(cfg.run_dir) / "config.yaml"
     if not saved_path.is_file():
@@ -166,14 +182,18 @@ def train(
 
     The policy is built after seeding torch with ``train.seed``, so its LoRA and critic initialisation depend on
     the config alone: the same config gives the same run from a notebook or from ``vlmq train``."""
-    _check_resumable(cfg)
+    check_resumable(cfg)
     buffer = open_dataset(cfg, must_exist=True)
     torch.manual_seed(cfg.train.seed)
     policy = load_policy(policy_config(cfg, buffer))
     run_dir = Path(cfg.run_dir)
     trainer = Trainer(policy, buffer, cfg.train, cfg.loss, run_dir, callback, callback_every)
     config.save(cfg, run_dir / "config.yaml")
-    history = trainer.fit(progress)
+    trainer.reporter = Reporter(run_dir, cfg.train.report_to, config.to_dict(cfg), start=trainer.step)
+    try:
+        history = trainer.fit(progress)
+    finally:
+        trainer.reporter.close()
     result = evaluate_run(cfg, policy, trainer.step, progress) if cfg.eval.episodes else None
     return TrainResult(policy, history, result)
 

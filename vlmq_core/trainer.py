@@ -16,7 +16,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +31,7 @@ from vlmq_core.critic import InputWhitening, PopArt, ema_update
 from vlmq_core.losses import LossConfig, beta_schedule
 from vlmq_core.model import Policy
 from vlmq_core.objective import Targets, loss_from_heads, reply_heads, reply_hidden, td_targets
+from vlmq_core.report import check_report_to
 from vlmq_core.tokens import build_batch
 
 
@@ -76,9 +77,13 @@ class TrainConfig:
     whiten_calib_turns: int = 64
     """With ``critic.whiten``: turns run through the backbone (no gradient) to estimate the statistics before the
     first update."""
+    report_to: list[str] = field(default_factory=list)
+    """Also send the metrics to ``tensorboard`` (``run_dir/tensorboard``) and/or ``wandb`` (``WANDB_MODE=offline``
+    works without a network); ``[]``: only ``metrics.jsonl``."""
 
     def __post_init__(self) -> None:
         check_fields(self, "train.")
+        check_report_to(self.report_to)
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError(f"train.steps must be >= 0, train.batch_size and train.grad_accum >= 1: {self}.")
 
@@ -142,6 +147,7 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)
         self.step = 0
         self.history: list[dict[str, float]] = []
+        self.reporter = None  # a vlmq_core.report.Reporter, set by vlmq_core.run.train
         self.run_dir = Path(run_dir) if run_dir else None
         if self.run_dir is not None and self.resume():
             print(f"Resumed {self.run_dir} at update {self.step}/{self.cfg.steps}.")
@@ -249,15 +255,13 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
+        if self.reporter is not None:
+            self.reporter.log(metrics, step=self.step)
 
     # ---- checkpoints --------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path:
-        """Write ``run_dir/checkpoint`` atomically: a complete new folder replaces the old one by renames."""
-        assert self.run_dir is not None
-        final, tmp, old = (self.run_dir / n for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.policy.save(tmp)
-        state = {
+    def state_dict(self) -> dict:
+        """Everything of training besides the policy's weights: update counter, optimizer, schedules, RNG states."""
+        return {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -266,37 +270,62 @@ class Trainer:
             "train_config": config.to_dict(self.cfg),
             "loss_config": config.to_dict(self.loss_cfg),
         }
-        torch.save(state, tmp / "trainer.pt")
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-        return final
 
-    def resume(self) -> bool:
-        """Load the newest complete checkpoint in ``run_dir`` if there is one; True when resumed."""
-        assert self.run_dir is not None
-        folder = next(
-            (self.run_dir / n for n in ("checkpoint", "checkpoint.old") if (self.run_dir / n / "trainer.pt").is_file()),
-            None,
-        )
-        if folder is None:
-            return False
-        self.policy.load(folder)
-        state = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=False)
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` saved (the policy's weights are loaded separately)."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
+
+    def save_checkpoint(self) -> Path:
+        """Write ``run_dir/checkpoint`` atomically: a complete new folder replaces the old one by renames."""
+        assert self.run_dir is not None
+        return write_checkpoint(self.run_dir, self.policy, {"trainer.pt": self.state_dict()})
+
+    def resume(self) -> bool:
+        """Load the newest complete checkpoint in ``run_dir`` if there is one; True when resumed."""
+        assert self.run_dir is not None
+        folder = find_checkpoint(self.run_dir)
+        if folder is None:
+            return False
+        self.policy.load(folder)
+        self.load_state_dict(torch.load(folder / "trainer.pt", map_location="cpu", weights_only=False))
         self.history = load_history(self.run_dir, up_to=self.step)
         config.write_text_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.history))
         return True
 
 
-def load_history(run_dir: str | os.PathLike, up_to: int | None = None) -> list[dict[str, float]]:
-    """Read ``metrics.jsonl`` of a run (ignoring a torn last line); keep updates ``<= up_to`` if given."""
+def write_checkpoint(run_dir: str | os.PathLike, policy: Policy, states: dict[str, dict]) -> Path:
+    """Write ``run_dir/checkpoint``: the policy's weights and each ``{file name: state}`` (``torch.save``), in a
+    complete new folder that replaces the old one by renames (a kill leaves ``checkpoint`` or
+    ``checkpoint.old`` whole, never half of one). The last name of `states` is written last: a folder holding it
+    is complete."""
+    run_dir = Path(run_dir)
+    final, tmp, old = (run_dir / n for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save(tmp)
+    for name, state in states.items():
+        torch.save(state, tmp / name)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(run_dir: str | os.PathLike, marker: str = "trainer.pt") -> Path | None:
+    """The newest complete checkpoint folder of a run (``checkpoint``, else ``checkpoint.old`` left by a kill
+    between two renames), recognised by its `marker` file; None when there is none."""
+    run_dir = Path(run_dir)
+    return next((run_dir / n for n in ("checkpoint", "checkpoint.old") if (run_dir / n / marker).is_file()), None)
+
+
+def load_history(run_dir: str | os.PathLike, up_to: int | None = None, key: str = "step") -> list[dict[str, float]]:
+    """Read ``metrics.jsonl`` of a run (ignoring a torn last line); keep rows whose `key` (``step``: the update,
+    ``epoch`` in online runs) is ``<= up_to`` if given."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
@@ -306,6 +335,6 @@ def load_history(run_dir: str | os.PathLike, up_to: int | None = None) -> list[d
             m = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill
-        if up_to is None or m["step"] <= up_to:
+        if up_to is None or m[key] <= up_to:
             out.append(m)
     return out

@@ -1,0 +1,225 @@
+"""The offline-to-online loop on a tiny local model: exploration per turn, the epoch metrics, presets, evaluation
+that never writes to the buffer, and kill -9 at random moments followed by an exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vlmq_core import cli, config
+from vlmq_core.buffer import TurnBuffer
+from vlmq_core.config import ConfigError
+from vlmq_core.model import load_checkpoint
+from vlmq_core.online import PRESETS, ExploreConfig, OnlineConfig
+from vlmq_core.run import load_config
+from vlmq_core.trainer import load_history
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def online_overrides(folder: str, root: Path, epochs: int = 4) -> list[str]:
+    """A tiny offline-to-online run: 1 offline epoch on a 8-episode dataset, then online epochs of 3 steps in
+    3 environments with every exploration strategy, 2 updates per epoch, an evaluation every 2 epochs."""
+    return [
+        f"model.name={folder}",
+        f"run_dir={root / 'run'}",
+        f"data.path={root / 'data'}",
+        "data.sources.0.episodes=6",
+        "data.sources.1.episodes=1",
+        "data.sources.2.episodes=1",
+        "collect.num_envs=3",
+        "collect.max_reply_tokens=4",
+        "critic.hidden=32",
+        "critic.whiten=true",
+        "critic.init_q=min_return_to_go",
+        "train.batch_size=2",
+        "train.grad_accum=1",
+        "train.whiten_calib_turns=4",
+        "train.whiten_every=2",
+        "loss.actor=afsft",
+        "loss.filter_start_step=1",
+        "eval.episodes=2",
+        f"online.epochs={epochs}",
+        "online.offline_epochs=1",
+        "online.steps_per_env=3",
+        "online.updates_per_epoch=2",
+        "online.eval_every=2",
+        "online.explore.epsilon_start=0.6",
+        "online.explore.epsilon_end=0.2",
+        "online.explore.decay_epochs=2",
+        "online.explore.min_format=1",
+        "online.explore.oracle=1",
+    ]
+
+
+def test_epsilon_decays_linearly_and_the_draw_follows_it_and_the_weights():
+    ex = ExploreConfig(epsilon_start=0.8, epsilon_end=0.2, decay_epochs=3, random=1, min_format=0, oracle=3)
+    assert [round(ex.epsilon(e), 6) for e in range(5)] == [0.8, 0.6, 0.4, 0.2, 0.2]
+    rng = np.random.default_rng(0)
+    draws = [ex.draw(rng, 0.5) for _ in range(4000)]
+    assert abs(draws.count("agent") / 4000 - 0.5) < 0.03
+    assert abs(draws.count("oracle") / max(1, draws.count("random")) - 3) < 0.5 and "min_format" not in draws
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    ex.draw(a, 0.0), ex.draw(b, 1.0)
+    assert a.random() == b.random()  # a draw moves the episode's generator the same way whatever it picks
+    with pytest.raises(ConfigError, match="positive weight"):
+        ExploreConfig(random=0)
+    with pytest.raises(ConfigError, match="use_dataset"):
+        OnlineConfig(offline_epochs=2, use_dataset=False)
+
+
+def test_presets_fill_a_config_file_and_the_file_wins(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("preset: babyai-paper\nonline:\n  epochs: 7\ncollect:\n  task: BabyAI-GoToLocal\n")
+    cfg = load_config(f, ["online.explore.epsilon_end=0.3"])
+    assert cfg.online.epochs == 7 and cfg.online.steps_per_env == 150 and cfg.online.min_buffer_turns == 5000
+    assert cfg.online.explore.epsilon_start == 1.0 and cfg.online.explore.epsilon_end == 0.3
+    assert cfg.train.lr_critic == 8e-4 and cfg.loss.critic_weight == 8.0
+    gym = PRESETS["gym-cards-paper"]["online"]
+    assert (gym["offline_epochs"], gym["steps_per_env"], gym["updates_per_epoch"]) == (50, 96, 512)
+    f.write_text("preset: gym-cards-fast\n")
+    with pytest.raises(ConfigError, match="Unknown preset 'gym-cards-fast'"):
+        load_config(f)
+
+
+def _metric_keys_documented() -> set[str]:
+    text = (ROOT / "docs" / "METRICS.md").read_text()
+    keys = set()
+    for cell in re.findall(r"^\| (.+?) \|", text, flags=re.M):
+        keys |= set(re.findall(r"`([a-z_]+(?:/[a-z_]+)?)`", cell))
+    return keys
+
+
+def test_an_online_run_explores_per_turn_evaluates_apart_and_documents_every_metric(tmp_path, tiny_folders):
+    common = online_overrides(tiny_folders["llama"], tmp_path)
+    assert cli.main(["collect", *common, "--quiet"]) == 0
+    assert cli.main(["online", *common, "train.report_to=[tensorboard]", "--quiet"]) == 0
+    run = tmp_path / "run"
+    rows = load_history(run, key="epoch")
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [r["online/updates"] for r in rows] == [2, 4, 6, 8]
+    assert "online/epsilon" not in rows[0] and rows[0]["online/env_steps"] == 0  # the offline epoch
+    assert [r["online/env_steps"] for r in rows[1:]] == [9, 18, 27]  # 3 steps x 3 environments per epoch
+    assert [round(r["online/epsilon"], 6) for r in rows[1:]] == [0.6, 0.4, 0.2]
+    assert ["eval/success" in r for r in rows] == [True, True, False, True]  # last offline, every 2nd, last
+    documented = _metric_keys_documented()
+    for row in rows:
+        missing = [k for k in row if k not in documented and not k.startswith("online/turns_")]
+        assert not missing, f"docs/METRICS.md lacks {missing}"
+    assert "online/turns_<strategy>" in (ROOT / "docs" / "METRICS.md").read_text()
+
+    buffer = TurnBuffer(run / "buffer")
+    online = {eid: ts for eid, ts in buffer.episodes().items() if eid.startswith("online-")}
+    seeds = sorted(ts[0].seed for ts in online.values())
+    assert seeds == list(range(1_000_000, 1_000_000 + len(seeds)))  # no eval seed (10000+) ever stored
+    strategies = {t.strategy for ts in online.values() for t in ts}
+    assert {"agent", "random", "oracle", "min_format"} >= strategies and len(strategies) >= 3
+    mix = buffer.stats()["buffer/by_strategy"]
+    assert rows[-1]["buffer/by_strategy"] == mix and mix["random"] > 0
+    assert sum(r.get("online/turns_agent", 0) for r in rows) == sum(
+        t.strategy == "agent" for ts in online.values() for t in ts
+    ) + sum(t.strategy == "agent" for s in _in_flight(run) for t in s)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("online/env_steps")]
+    values = [e.value for e in events.Scalars("online/env_steps")]
+    assert steps == [1, 2, 3, 4] and values == [0, 9, 18, 27]
+    assert [round(e.value, 5) for e in events.Scalars("train/loss")] == [round(r["train/loss"], 5) for r in rows]
+    assert json.loads((run / "eval.json").read_text())["epoch"] == 4
+
+
+def _in_flight(run: Path) -> list[list]:
+    from vlmq_core.turns import Turn
+
+    state = torch.load(run / "checkpoint" / "online.pt", weights_only=False)
+    return [[Turn(**t) for t in s["turns"]] for s in state["slots"] if s is not None]
+
+
+def _cli_process(args: list[str]) -> subprocess.Popen:
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "vlmq_core.cli", "online", *args, "--quiet"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _newest_shard(folder: Path) -> int:
+    return max((int(p.name.split("-")[2].split(".")[0]) for p in folder.glob("shard-*.parquet")), default=-1)
+
+
+def _rows_without_time(run: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in load_history(run, key="epoch")]
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_folders):
+    """SIGKILL an online run several times at random moments (mid-collection, mid-update, mid-checkpoint), resume
+    it each time with `vlmq online --resume`, and compare with an uninterrupted run of the same config: the same
+    metrics (time aside), the same parameters (LoRA, critic, target, PopArt, whitening), the same buffer (every
+    finished episode once, in the same order), optimizer and counters."""
+    epochs = 8
+    common = online_overrides(tiny_folders["llama"], tmp_path, epochs=epochs)
+    assert cli.main(["collect", *common, "--quiet"]) == 0
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    ref = _cli_process([*common, f"run_dir={straight}"])
+    assert ref.wait(timeout=600) == 0, ref.stderr.read()
+
+    rng = np.random.default_rng(0)
+    kills = 0
+    while True:  # the first start (and any start killed before it saved config.yaml) with the config's overrides
+        started = (killed / "config.yaml").is_file()
+        proc = _cli_process(["--resume", str(killed)] if started else [*common, f"run_dir={killed}"])
+        done = len(load_history(killed, key="epoch"))  # kill once it has done 1..half of the rest, plus
+        target = done + int(rng.integers(1, max(2, (epochs - done) // 2 + 1)))
+        while proc.poll() is None and len(load_history(killed, key="epoch")) < target:
+            time.sleep(0.01)
+        if kills % 2 == 0:  # the moment an episode is stored, before the epoch's checkpoint: stored, not yet saved
+            newest = _newest_shard(killed / "buffer")
+            while proc.poll() is None and _newest_shard(killed / "buffer") == newest:
+                time.sleep(0.005)
+        else:  # a random moment: collecting, updating, evaluating or checkpointing
+            time.sleep(float(rng.uniform(0, 0.4)))
+        if proc.poll() is not None:
+            assert proc.returncode == 0, proc.stderr.read()
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        assert kills < 12, "the run never finished"
+    assert kills >= 3, f"only {kills} kills landed; the run is too short for this test"
+
+    assert _rows_without_time(killed) == _rows_without_time(straight)
+    a, b = (load_checkpoint(d, device="cpu").state_dict() for d in (straight, killed))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    sa, sb = (torch.load(d / "checkpoint" / "online.pt", weights_only=False) for d in (straight, killed))
+    assert sa == sb
+    ta, tb = (torch.load(d / "checkpoint" / "trainer.pt", weights_only=False) for d in (straight, killed))
+    assert ta["step"] == tb["step"] == 2 * epochs and ta["numpy_rng"] == tb["numpy_rng"]
+    assert torch.equal(ta["torch_rng"], tb["torch_rng"])
+    for pa, pb in zip(ta["optimizer"]["state"].values(), tb["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    ba, bb = TurnBuffer(straight / "buffer"), TurnBuffer(killed / "buffer")
+    ids = [t.episode_id for t in bb.turns]
+    assert [t.episode_id for t in ba.turns] == ids and ba.turns == bb.turns
+    episodes = [eid for i, eid in enumerate(ids) if i == 0 or ids[i - 1] != eid]
+    assert len(episodes) == len(set(episodes))  # no episode stored twice
+    assert config.load(type(load_config(None)), killed / "config.yaml").run_dir == str(killed)
