@@ -373,10 +373,16 @@ def summarize(results: list[EpisodeResult], prefix: str = "eval") -> dict[str, f
 def evaluate(
     policy: Policy, cfg: CollectConfig, eval_cfg: EvalConfig | None = None, progress: bool = True
 ) -> dict[str, float]:
-    """Evaluate the policy with the ``agent`` strategy on seeds ``eval.seed .. eval.seed + eval.episodes - 1``."""
+    """Evaluate the policy with the ``agent`` strategy on seeds ``eval.seed .. eval.seed + eval.episodes - 1``.
+    With several processes each plays every N-th seed and the results are pooled on every process."""
+    from vlmq_core import distributed
+
     eval_cfg = eval_cfg or EvalConfig()
     source = SourceConfig("agent", eval_cfg.episodes, eval_cfg.seed)
-    return summarize(collect(policy, cfg, source, progress=progress), prefix="eval")
+    mine = list(source.seeds)[distributed.rank() :: distributed.world_size()]
+    results = collect(policy, cfg, source, seeds=mine, progress=progress and distributed.is_main())
+    pooled = sorted((r for part in distributed.gather(results) for r in part), key=lambda r: r.seed)
+    return summarize(pooled, prefix="eval")
 
 
 def missing_seeds(buffer: TurnBuffer, source: SourceConfig, name: str) -> list[int]:

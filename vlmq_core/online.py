@@ -275,12 +275,22 @@ def _slot_state(slot) -> dict | None:
     }
 
 
+def buffer_dir(run_dir: str | Path, rank: int, world_size: int) -> Path:
+    """The buffer folder of one process: ``run_dir/buffer`` alone, ``run_dir/buffer-<rank>`` with several."""
+    return Path(run_dir) / ("buffer" if world_size == 1 else f"buffer-{rank}")
+
+
 def run_online(cfg: RunConfig, progress: bool = True) -> OnlineResult:
-    """Run (or resume) the online run of `cfg` to ``online.epochs`` epochs; see the module's docstring."""
+    """Run (or resume) the online run of `cfg` to ``online.epochs`` epochs; see the module's docstring.
+
+    With several processes (``accelerate launch``) each collects with its own environments and seeds (the
+    ``seed + rank``-th, then every ``world_size``-th) into its own buffer (:func:`buffer_dir`), gradients and head
+    statistics are reduced over processes, evaluation episodes are split and pooled, and only rank 0 writes the
+    checkpoint (holding every process's collection state), the metrics and the progress bar."""
     import torch
     from tqdm.auto import tqdm
 
-    from vlmq_core import config, hardware
+    from vlmq_core import config, distributed, hardware
     from vlmq_core.buffer import TurnBuffer
     from vlmq_core.collect import EnvSlots, evaluate
     from vlmq_core.envs.oracles import OracleConfig
@@ -290,11 +300,19 @@ def run_online(cfg: RunConfig, progress: bool = True) -> OnlineResult:
     from vlmq_core.trainer import Trainer, find_checkpoint, load_history, write_checkpoint
     from vlmq_core.turns import Turn
 
+    distributed.setup()
+    rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     ocfg, explore = cfg.online, cfg.online.explore
     run_dir = Path(cfg.run_dir)
     check_resumable(cfg)
     checkpoint = find_checkpoint(run_dir, "online.pt")
-    buffer = TurnBuffer(run_dir / "buffer", max_turns=ocfg.buffer_turns)
+    saved = torch.load(checkpoint / "online.pt", map_location="cpu", weights_only=False) if checkpoint else None
+    if saved is not None and saved["world_size"] != world:
+        raise ConfigError(
+            f"{run_dir} was run by {saved['world_size']} processes and is continued by {world}: resume it with "
+            f"--num_processes {saved['world_size']} (each process holds its own episodes in flight)."
+        )
+    buffer = TurnBuffer(buffer_dir(run_dir, rank, world), max_turns=ocfg.buffer_turns)
     dataset = open_dataset(cfg, must_exist=True) if ocfg.use_dataset else None
     if dataset is not None and checkpoint is None and len(buffer) == 0:
         buffer.add(dataset.turns)  # one shard: a kill leaves all of it or none
@@ -303,7 +321,7 @@ def run_online(cfg: RunConfig, progress: bool = True) -> OnlineResult:
             "critic.init_q=min_return_to_go is computed from the dataset, and online.use_dataset is false: give "
             "critic.init_q a number (e.g. the task's lowest return) or null."
         )
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights in every process
     policy = load_policy(policy_config(cfg, dataset))
     if ocfg.init_from and checkpoint is None:
         source = Path(ocfg.init_from)
@@ -312,37 +330,48 @@ def run_online(cfg: RunConfig, progress: bool = True) -> OnlineResult:
             raise ConfigError(f"online.init_from: {source} holds no checkpoint (run `vlmq train` there first).")
         policy.load(folder)
     trainer = Trainer(policy, buffer, cfg.train, cfg.loss, run_dir=None)
-    state = OnlineState(next_seed=ocfg.seed)
+    state = OnlineState(next_seed=ocfg.seed + rank)
     history: list[dict[str, Any]] = []
-    if checkpoint is not None:
+    if saved is not None:
         policy.load(checkpoint)
         trainer.load_state_dict(torch.load(checkpoint / "trainer.pt", map_location="cpu", weights_only=False))
-        state = OnlineState(**torch.load(checkpoint / "online.pt", map_location="cpu", weights_only=False))
+        mine = saved["ranks"][rank]
+        state = OnlineState(**mine["online"])
+        trainer.rng.bit_generator.state = mine["numpy_rng"]
+        torch.set_rng_state(mine["torch_rng"])
         history = load_history(run_dir, up_to=state.epoch, key="epoch")
-        print(f"Resumed {run_dir} after epoch {state.epoch}/{ocfg.epochs} (update {trainer.step}).")
-    config.write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
-    config.save(cfg, run_dir / "config.yaml")
-    reporter = Reporter(run_dir, cfg.train.report_to, config.to_dict(cfg), start=state.epoch)
+        if main:
+            print(f"Resumed {run_dir} after epoch {state.epoch}/{ocfg.epochs} (update {trainer.step}).")
+    distributed.barrier()  # every process has read the checkpoint and the history before rank 0 writes
+    reporter = None
+    if main:
+        config.write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+        config.save(cfg, run_dir / "config.yaml")
+        reporter = Reporter(run_dir, cfg.train.report_to, config.to_dict(cfg), start=state.epoch)
     oracle_cfg = OracleConfig(explore.corrupt_rate)
     last_eval = next((r for r in reversed(history) if "eval/success" in r), None)
-    bar = tqdm(total=ocfg.epochs, initial=state.epoch, desc=f"online {cfg.collect.task}", disable=not progress)
+    bar = tqdm(
+        total=ocfg.epochs, initial=state.epoch, desc=f"online {cfg.collect.task}", disable=not (progress and main)
+    )
     envs = EnvSlots(cfg.collect, cfg.collect.num_envs, policy) if ocfg.epochs > ocfg.offline_epochs else None
     try:
         if envs is not None:
-            for i, saved in enumerate(state.slots):
-                if saved is not None:
-                    turns = [Turn(**t) for t in saved["turns"]]
-                    envs.replay(i, saved["seed"], saved["episode_id"], turns, saved["rng"])
+            for i, slot in enumerate(state.slots):
+                if slot is not None:
+                    turns = [Turn(**t) for t in slot["turns"]]
+                    envs.replay(i, slot["seed"], slot["episode_id"], turns, slot["rng"])
         while state.epoch < ocfg.epochs:
             epoch, t_epoch = state.epoch, time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch + 1}
             if ocfg.collects(epoch):
                 t0 = time.perf_counter()
-                row |= _collect_epoch(envs, state, policy, cfg, buffer, oracle_cfg, epoch)
+                played = _collect_epoch(envs, state, policy, cfg, buffer, oracle_cfg, world)
+                row |= _online_metrics(distributed.gather(played), explore.epsilon(epoch - ocfg.offline_epochs))
                 row["time/generate_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             updates = []
-            if len(buffer) >= max(1, ocfg.min_buffer_turns) and buffer.transitions():
+            ready = len(buffer) >= max(1, ocfg.min_buffer_turns) and bool(buffer.transitions())
+            if all(distributed.gather(ready)):  # every process updates, or none: the updates are collective
                 if trainer.whitening_active and int(policy.whiten.refreshes) == 0:
                     trainer.calibrate_critic_inputs(progress=False)
                 updates = [trainer.train_step() for _ in range(ocfg.updates_per_epoch)]
@@ -355,30 +384,37 @@ def run_online(cfg: RunConfig, progress: bool = True) -> OnlineResult:
                 row |= last_eval
                 row["time/eval_s"] = time.perf_counter() - t0
             state.epoch += 1
+            counts = distributed.gather((state.env_steps, state.episodes, buffer.stats()))
             row |= {
                 "online/updates": trainer.step,
-                "online/env_steps": state.env_steps,
-                "online/episodes": state.episodes,
-                **buffer.stats(),
+                "online/env_steps": sum(c[0] for c in counts),
+                "online/episodes": sum(c[1] for c in counts),
+                **_pool_buffer_stats([c[2] for c in counts]),
                 "time/epoch_s": time.perf_counter() - t_epoch,
             }
-            # the row first: a kill before the checkpoint lands leaves a row that resuming drops and writes again
-            history.append(row)
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
             state.slots = [_slot_state(s) for s in envs.slots] if envs is not None else []
-            write_checkpoint(run_dir, policy, {"trainer.pt": trainer.state_dict(), "online.pt": vars(state)})
-            reporter.log(row, step=state.epoch)
+            mine = {"online": vars(state), "numpy_rng": trainer.rng.bit_generator.state}
+            ranks = distributed.gather(mine | {"torch_rng": torch.get_rng_state()})
+            history.append(row)
+            if main:
+                # the row first: a kill before the checkpoint lands leaves a row that resuming drops and rewrites
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                online_state = {"world_size": world, "ranks": ranks}
+                write_checkpoint(run_dir, policy, {"trainer.pt": trainer.state_dict(), "online.pt": online_state})
+                reporter.log(row, step=state.epoch)
+            distributed.barrier()
             bar.update(1)
             if last_eval is not None:
                 bar.set_postfix(success=f"{last_eval['eval/success']:.2f}", updates=trainer.step)
     finally:
         bar.close()
-        reporter.close()
+        if reporter is not None:
+            reporter.close()
         if envs is not None:
             envs.close()
     buffer.flush()
-    if last_eval is not None:
+    if last_eval is not None and main:
         write_json(
             run_dir / "eval.json",
             {"epoch": state.epoch, "step": trainer.step, "task": cfg.collect.task, "eval": config.to_dict(cfg.eval)}
@@ -387,40 +423,90 @@ def run_online(cfg: RunConfig, progress: bool = True) -> OnlineResult:
     return OnlineResult(policy, history, last_eval)
 
 
-def _collect_epoch(envs, state: OnlineState, policy, cfg: RunConfig, buffer, oracle_cfg, epoch: int) -> dict:
+@dataclass
+class Played:
+    """What one process's collection did in one epoch (pooled over processes into the ``online/`` metrics)."""
+
+    results: list = field(default_factory=list)
+    """EpisodeResult of each episode that finished."""
+    turns: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("agent", *EXPLORATION_STRATEGIES), 0))
+    """Turns taken per strategy."""
+    agent_valid: list[bool] = field(default_factory=list)
+    """Whether each ``agent`` turn was valid."""
+
+
+def _collect_epoch(envs, state: OnlineState, policy, cfg: RunConfig, buffer, oracle_cfg, world: int) -> Played:
     """``steps_per_env`` batched steps of every environment; finished episodes go to the buffer (unless a killed
-    run already stored them). Returns the epoch's ``online/`` metrics."""
+    run already stored them). New episodes take this process's next seed (every `world`-th)."""
     ocfg = cfg.online
-    epsilon = ocfg.explore.epsilon(epoch - ocfg.offline_epochs)
+    epsilon = ocfg.explore.epsilon(state.epoch - ocfg.offline_epochs)
     names = {"agent": policy.name, "min_format": policy.name, "random": "random"}
     names["oracle"] = f"oracle@{oracle_cfg.corrupt_rate:g}"
-    finished, by_strategy, agent_valid = [], dict.fromkeys(("agent", *EXPLORATION_STRATEGIES), 0), []
+    played = Played()
     for _ in range(ocfg.steps_per_env):
         for i, slot in enumerate(envs.slots):
             if slot is None:
                 envs.start(i, state.next_seed, episode_id=f"online-{state.next_seed}")
-                state.next_seed += 1
+                state.next_seed += world
         active = envs.active
         strategies = [ocfg.explore.draw(envs.slots[i].rng, epsilon) for i in active]
         done = envs.step(strategies, [names[s] for s in strategies], oracle_cfg)
         state.env_steps += len(active)
         for turn in envs.last_turns:
-            by_strategy[turn.strategy] += 1
+            played.turns[turn.strategy] += 1
             if turn.strategy == "agent":
-                agent_valid.append(turn.valid)
+                played.agent_valid.append(turn.valid)
         for _, turns, result in done:
             if not buffer.has_episode(result.episode_id):
                 buffer.add(turns)
-            finished.append(result)
+            played.results.append(result)
             state.episodes += 1
-    turns_taken = sum(by_strategy.values())
+    return played
+
+
+def _online_metrics(parts: list[Played], epsilon: float) -> dict[str, float]:
+    """The epoch's ``online/`` metrics from every process's :class:`Played`."""
+    results = [r for p in parts for r in p.results]
+    valid = [v for p in parts for v in p.agent_valid]
+    turns = {s: sum(p.turns[s] for p in parts) for s in parts[0].turns}
+    taken = sum(turns.values())
     nan = math.nan
     return {
         "online/epsilon": epsilon,
-        "online/episodes_done": len(finished),
-        "online/success": float(np.mean([r.success for r in finished])) if finished else nan,
-        "online/return": float(np.mean([r.ret for r in finished])) if finished else nan,
-        "online/agent_valid": float(np.mean(agent_valid)) if agent_valid else nan,
-        "online/explore_frac": 1 - by_strategy["agent"] / turns_taken if turns_taken else nan,
-        **{f"online/turns_{s}": n for s, n in by_strategy.items()},
+        "online/episodes_done": len(results),
+        "online/success": float(np.mean([r.success for r in results])) if results else nan,
+        "online/return": float(np.mean([r.ret for r in results])) if results else nan,
+        "online/agent_valid": float(np.mean(valid)) if valid else nan,
+        "online/explore_frac": 1 - turns["agent"] / taken if taken else nan,
+        **{f"online/turns_{s}": n for s, n in turns.items()},
+    }
+
+
+def _pool_buffer_stats(stats: list[dict]) -> dict:
+    """Every process's :meth:`TurnBuffer.stats` as one: counts summed, fractions weighted by turns or episodes."""
+    if len(stats) == 1:
+        return stats[0]
+    turns = sum(s["buffer/turns"] for s in stats)
+    episodes = sum(s["buffer/episodes"] for s in stats)
+
+    def weighted(key: str, weight: str) -> float:
+        pairs = [(s[key], s[weight]) for s in stats if not math.isnan(s[key])]
+        total = sum(w for _, w in pairs)
+        return sum(v * w for v, w in pairs) / total if total else math.nan
+
+    def summed(key: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in stats:
+            for k, n in s[key].items():
+                out[k] = out.get(k, 0) + n
+        return out
+
+    return {
+        "buffer/turns": turns,
+        "buffer/episodes": episodes,
+        "buffer/valid_frac": weighted("buffer/valid_frac", "buffer/turns"),
+        "buffer/mean_return": weighted("buffer/mean_return", "buffer/episodes"),
+        "buffer/success_frac": weighted("buffer/success_frac", "buffer/episodes"),
+        "buffer/by_source": summed("buffer/by_source"),
+        "buffer/by_strategy": summed("buffer/by_strategy"),
     }

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from vlmq_core import config, hardware
+from vlmq_core import config, distributed, hardware
 from vlmq_core.buffer import TurnBuffer
 from vlmq_core.collect import CollectConfig, DataConfig, EvalConfig, build_dataset, evaluate
 from vlmq_core.config import ConfigError
@@ -182,18 +182,21 @@ def train(
 
     The policy is built after seeding torch with ``train.seed``, so its LoRA and critic initialisation depend on
     the config alone: the same config gives the same run from a notebook or from ``vlmq train``."""
+    distributed.setup()
     check_resumable(cfg)
     buffer = open_dataset(cfg, must_exist=True)
     torch.manual_seed(cfg.train.seed)
     policy = load_policy(policy_config(cfg, buffer))
     run_dir = Path(cfg.run_dir)
     trainer = Trainer(policy, buffer, cfg.train, cfg.loss, run_dir, callback, callback_every)
-    config.save(cfg, run_dir / "config.yaml")
-    trainer.reporter = Reporter(run_dir, cfg.train.report_to, config.to_dict(cfg), start=trainer.step)
+    if distributed.is_main():
+        config.save(cfg, run_dir / "config.yaml")
+        trainer.reporter = Reporter(run_dir, cfg.train.report_to, config.to_dict(cfg), start=trainer.step)
     try:
         history = trainer.fit(progress)
     finally:
-        trainer.reporter.close()
+        if trainer.reporter is not None:
+            trainer.reporter.close()
     result = evaluate_run(cfg, policy, trainer.step, progress) if cfg.eval.episodes else None
     return TrainResult(policy, history, result)
 
@@ -208,5 +211,6 @@ def evaluate_run(cfg: RunConfig, policy: Policy, step: int, progress: bool = Tru
         if {k: saved.get(k) for k in settings} == settings:
             return saved
     record = settings | {"hardware": hardware.describe(), **evaluate(policy, cfg.collect, cfg.eval, progress=progress)}
-    write_json(path, record)
+    if distributed.is_main():
+        write_json(path, record)
     return record

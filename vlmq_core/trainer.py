@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vlmq_core import config
+from vlmq_core import config, distributed
 from vlmq_core.buffer import TurnBuffer
 from vlmq_core.config import ConfigError, check_fields
 from vlmq_core.critic import InputWhitening, PopArt, ema_update
+from vlmq_core.distributed import average_gradients, sum_over_processes
 from vlmq_core.losses import LossConfig, beta_schedule
 from vlmq_core.model import Policy
 from vlmq_core.objective import Targets, loss_from_heads, reply_heads, reply_hidden, td_targets
@@ -102,13 +103,6 @@ def _make_optimizer(params: dict[str, list], cfg: TrainConfig, device: torch.dev
     return torch.optim.AdamW(groups)
 
 
-def sum_over_processes(t: torch.Tensor) -> torch.Tensor:
-    """`t` summed over all processes of a ``torch.distributed`` group (unchanged with one process)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t)
-    return t
-
-
 def whitening_sums(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:meth:`InputWhitening.sums` of hidden states (N, d), summed over processes."""
     return tuple(sum_over_processes(t) for t in InputWhitening.sums(h.float()))
@@ -143,8 +137,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [lambda s, w=w: min(1.0, (s + 1) / max(1, w)) for w in warm]
         )
-        self.rng = np.random.default_rng(self.cfg.seed)
-        torch.manual_seed(self.cfg.seed)
+        rank = distributed.rank()  # each process its own minibatches and dropout (rank 0 as with one process)
+        self.rng = np.random.default_rng(self.cfg.seed if rank == 0 else [self.cfg.seed, rank])
+        torch.manual_seed(self.cfg.seed + rank)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.reporter = None  # a vlmq_core.report.Reporter, set by vlmq_core.run.train
@@ -176,6 +171,10 @@ class Trainer:
             (loss / cfg.grad_accum).backward()
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
+        average_gradients(self.params)  # several processes: DDP's mean of the gradients
+        if distributed.world_size() > 1:  # the metrics too, averaged over processes
+            mean = sum_over_processes(torch.tensor(list(sums.values()), dtype=torch.float64)) / distributed.world_size()
+            sums = dict(zip(sums, mean.tolist(), strict=True))
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -235,7 +234,12 @@ class Trainer:
         """Train until ``cfg.steps`` updates (resuming where a checkpoint left off); returns the history."""
         if self.whitening_active and int(self.policy.whiten.refreshes) == 0 and self.step < self.cfg.steps:
             self.calibrate_critic_inputs(progress)
-        bar = tqdm(total=self.cfg.steps, initial=self.step, desc=f"train {self.loss_cfg.actor}", disable=not progress)
+        bar = tqdm(
+            total=self.cfg.steps,
+            initial=self.step,
+            desc=f"train {self.loss_cfg.actor}",
+            disable=not (progress and distributed.is_main()),
+        )
         while self.step < self.cfg.steps:
             metrics = self.train_step()
             if self.callback is not None and self.callback_every and self.step % self.callback_every == 0:
@@ -245,12 +249,16 @@ class Trainer:
             bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", kept=f"{metrics.get('actor/kept_frac', 1):.2f}")
             every = self.cfg.checkpoint_every
             if self.run_dir is not None and ((every and self.step % every == 0) or self.step == self.cfg.steps):
-                self.save_checkpoint()
+                if distributed.is_main():
+                    self.save_checkpoint()
+                distributed.barrier()
         bar.close()
         return self.history
 
     def _record(self, metrics: dict[str, float]) -> None:
         self.history.append(metrics)
+        if not distributed.is_main():
+            return
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / "metrics.jsonl", "a") as f:
@@ -293,7 +301,10 @@ class Trainer:
         self.policy.load(folder)
         self.load_state_dict(torch.load(folder / "trainer.pt", map_location="cpu", weights_only=False))
         self.history = load_history(self.run_dir, up_to=self.step)
-        config.write_text_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.history))
+        distributed.barrier()  # every process has read the history before the main one rewrites it
+        if distributed.is_main():
+            rows = "".join(json.dumps(m) + "\n" for m in self.history)
+            config.write_text_atomic(self.run_dir / "metrics.jsonl", rows)
         return True
 
 
