@@ -116,10 +116,13 @@ def _collect(args) -> int:
 
 
 def _train(args) -> int:
+    from vlmq_core import distributed
     from vlmq_core.run import load_config, train
 
     cfg = load_config(args.config, args.overrides)
     result = train(cfg, progress=not args.quiet)
+    if not distributed.is_main():
+        return 0
     last = result.history[-1] if result.history else {}
     shown = {k: last[k] for k in ("step", "train/loss", "actor/kept_frac") if k in last}
     print(f"{cfg.run_dir}: {len(result.history)} updates; last: {json.dumps(shown)}")
@@ -129,6 +132,7 @@ def _train(args) -> int:
 
 
 def _online(args) -> int:
+    from vlmq_core import distributed
     from vlmq_core.online import run_online
     from vlmq_core.run import load_config
 
@@ -142,6 +146,8 @@ def _online(args) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
     result = run_online(cfg, progress=not args.quiet)
+    if not distributed.is_main():  # one report per run, not per process
+        return 0
     last = result.history[-1] if result.history else {}
     keys = ("epoch", "online/updates", "online/env_steps", "online/success", "buffer/turns")
     print(f"{cfg.run_dir}: {json.dumps({k: last[k] for k in keys if k in last})}")
