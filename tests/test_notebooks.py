@@ -11,6 +11,7 @@ from vlmq_core.buffer import TurnBuffer
 from vlmq_core.inspector import filter_summary
 from vlmq_core.model import load_checkpoint
 from vlmq_core.run import RunConfig
+from vlmq_core.trainer import load_history
 
 papermill = pytest.importorskip("papermill")
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,3 +70,67 @@ def test_03_offline_afsft_runs_and_its_numbers_come_from_its_runs(tmp_path, tiny
     assert afsft.cfg.critic.init_q == m["afsft_init_q"] == data.min_return_to_go()
     cfg = config.load(RunConfig, run / "afsft" / "config.yaml")
     assert same(filter_summary(afsft, data.transitions(), loss=cfg.loss), m["afsft_filter"])
+
+
+@pytest.mark.slow
+def test_04_offline_to_online_runs_all_three_tasks_and_its_numbers_come_from_its_runs(tmp_path, tiny_folders):
+    """Notebook 04 end to end on a tiny random model (each task a couple of epochs), then checked against its
+    runs: each score is the run's cached evaluation of that checkpoint, the steps and updates are the last epoch's,
+    the data statistics the dataset's; NumberLine and Blackjack have an offline checkpoint, BabyAI a base score."""
+    metrics_path = tmp_path / "metrics.json"
+    common = [
+        f"model.name={tiny_folders['llama']}",
+        "collect.num_envs=2",
+        "collect.max_reply_tokens=4",
+        "critic.hidden=32",
+        "train.batch_size=2",
+        "train.whiten_calib_turns=4",
+        "loss.filter_start_step=1",
+        "eval.episodes=2",
+        "online.epochs=2",
+        "online.updates_per_epoch=2",
+        "online.steps_per_env=2",
+        "online.eval_every=1",
+    ]
+    per_task = {
+        "numberline": ["data.sources.0.episodes=4", "data.sources.1.episodes=1", "data.sources.2.episodes=1"],
+        "blackjack": [f"data.sources.{i}.episodes={n}" for i, n in enumerate((4, 2, 1, 1))],
+        "babyai": ["online.min_buffer_turns=4"],
+    }
+    per_task["numberline"].append("online.offline_epochs=1")
+    per_task["blackjack"].append("online.offline_epochs=1")
+    episodes = {"numberline": 2, "blackjack": 3, "babyai": 2}
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "04_offline_to_online.ipynb"),
+        str(tmp_path / "04.ipynb"),
+        cwd=str(ROOT),
+        kernel_name="python3",
+        progress_bar=False,
+        parameters={
+            "overrides": common,
+            "task_overrides": per_task,
+            "final_episodes": episodes,
+            "out_dir": str(tmp_path / "out"),
+            "metrics_path": str(metrics_path),
+        },
+    )
+    m = json.loads(metrics_path.read_text())
+    assert m["hardware"] and m["final_seed"] == 20_000
+    for task, n in episodes.items():
+        run = tmp_path / "out" / task / "run"
+        rows = load_history(run, key="epoch")
+        record = m[task]
+        assert (
+            record["env_steps"] == rows[-1]["online/env_steps"] > 0 and record["updates"] == rows[-1]["online/updates"]
+        )
+        assert config.to_dict(config.load(RunConfig, run / "config.yaml")) == m["configs"][task]
+        names = {"numberline": ["offline", "online"], "blackjack": ["offline", "online"], "babyai": ["base", "online"]}
+        for name in names[task]:
+            saved = json.loads((run / f"score-{name}-s20000-n{n}.json").read_text())
+            assert record[name] == {k: saved[f"eval/{k}"] for k in record[name]} and record[name]["episodes"] == n
+        assert ("offline" in record) == (task != "babyai") and ("base" in record) == (task == "babyai")
+        if task != "babyai":
+            data = TurnBuffer(tmp_path / "out" / task / "data")
+            assert record["data"] == json.loads(json.dumps(data.stats()))
+        else:
+            assert record["data"] is None

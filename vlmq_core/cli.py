@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_options_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ev.add_argument("checkpoint", help="a run directory, a checkpoint folder, or `base`")
+    ev.add_argument(
+        "checkpoint", help="a run directory, a checkpoint folder (an online run's checkpoint-offline too), or `base`"
+    )
     ev.add_argument("--task", help="task to play (default: the run's collect.task)")
     ev.add_argument("--episodes", type=int, default=100, help="episodes (default 100)")
     ev.add_argument("--seed", type=int, default=20_000, help="first seed (default 20000, used by no dataset)")
@@ -166,7 +168,7 @@ def _eval(args) -> int:
     folder = None if base else Path(args.checkpoint)
     if folder is not None and not folder.exists():
         raise ConfigError(f"{folder} does not exist: give a run directory, a checkpoint folder, or `base`.")
-    run_dir = None if folder is None else (folder.parent if folder.name == "checkpoint" else folder)
+    run_dir = None if folder is None else (folder.parent if folder.name.startswith("checkpoint") else folder)
     saved = run_dir / "config.yaml" if run_dir is not None else None
     cfg_file = args.config or (str(saved) if saved is not None and saved.is_file() else None)
     overrides = list(args.overrides) + ([f"collect.task={args.task}"] if args.task else [])

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,6 +276,91 @@ def _slot_state(slot) -> dict | None:
     }
 
 
+OFFLINE_CHECKPOINT = "checkpoint-offline"
+"""Where an online run keeps its checkpoint from the end of the offline epochs (``vlmq eval`` reads it)."""
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    import shutil
+
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+
+
+def score_run(
+    cfg: RunConfig, episodes: int, seed: int, progress: bool = True, include_base: bool = False
+) -> dict[str, dict[str, float]]:
+    """Evaluate an online run's checkpoints on `episodes` held-out episodes from `seed`: ``offline`` (end of the
+    offline epochs, when it had some), ``online`` (the last) and, with `include_base`, the untrained model. Each
+    evaluation is cached as ``run_dir/score-<name>-s<seed>-n<episodes>.json`` (a re-run notebook reuses it)."""
+    from vlmq_core import config, distributed, hardware
+    from vlmq_core.collect import EvalConfig, evaluate
+    from vlmq_core.model import PolicyConfig, load_checkpoint, load_policy
+    from vlmq_core.run import write_json
+
+    run_dir = Path(cfg.run_dir)
+    folders: dict[str, Path | None] = {"base": None} if include_base else {}
+    if (run_dir / OFFLINE_CHECKPOINT).is_dir():
+        folders["offline"] = run_dir / OFFLINE_CHECKPOINT
+    folders["online"] = run_dir / "checkpoint"
+    scores = {}
+    for name, folder in folders.items():
+        path = run_dir / f"score-{name}-s{seed}-n{episodes}.json"
+        if path.is_file():
+            scores[name] = json.loads(path.read_text())
+            continue
+        if folder is None:
+            policy = load_policy(PolicyConfig(model=cfg.model, lora=cfg.lora))
+        else:
+            policy = load_checkpoint(folder)
+        record = evaluate(policy, cfg.collect, EvalConfig(episodes, seed), progress=progress)
+        record |= {"task": cfg.collect.task, "seed": seed, "hardware": hardware.describe()}
+        record["eval"] = config.to_dict(EvalConfig(episodes, seed))
+        if distributed.is_main():
+            write_json(path, record)
+        scores[name] = record
+        del policy
+    return scores
+
+
+HEADLINE = ("success", "success_se", "valid", "return", "length", "episodes")
+"""The evaluation keys (``eval/<key>``) an experiment record keeps."""
+
+
+def online_experiment(
+    cfg: RunConfig, episodes: int, seed: int, include_base: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """One task of notebook 04: build the dataset (when the run uses one), run the online loop, score the offline
+    and final checkpoints (and the base model with `include_base`) on `episodes` held-out episodes from `seed`.
+    Returns a record for the metrics file (``history`` holds the per-epoch rows, for the curves). Every step
+    resumes: a re-run notebook reuses the dataset, the run and the scores on disk."""
+    from vlmq_core import hardware
+    from vlmq_core.run import collect_data
+
+    t0 = time.perf_counter()
+    data = collect_data(cfg, progress=progress).stats() if cfg.online.use_dataset else None
+    result = run_online(cfg, progress=progress)
+    scores = score_run(cfg, episodes, seed, progress=progress, include_base=include_base)
+    last = result.history[-1]
+    return {
+        "task": cfg.collect.task,
+        "model": result.policy.name,
+        "hardware": hardware.describe(),
+        "data": data,
+        **{name: {k: score[f"eval/{k}"] for k in HEADLINE} for name, score in scores.items()},
+        "eval_seed": seed,
+        "env_steps": last["online/env_steps"],
+        "updates": last["online/updates"],
+        "epochs": last["epoch"],
+        "train_wall_s": sum(r["time/epoch_s"] for r in result.history),
+        "section_wall_s": time.perf_counter() - t0,
+        "history": result.history,
+    }
+
+
 def buffer_dir(run_dir: str | Path, rank: int, world_size: int) -> Path:
     """The buffer folder of one process: ``run_dir/buffer`` alone, ``run_dir/buffer-<rank>`` with several."""
     return Path(run_dir) / ("buffer" if world_size == 1 else f"buffer-{rank}")
@@ -325,7 +411,7 @@ def run_online(cfg: RunConfig, progress: bool = True) -> OnlineResult:
     policy = load_policy(policy_config(cfg, dataset))
     if ocfg.init_from and checkpoint is None:
         source = Path(ocfg.init_from)
-        folder = find_checkpoint(source) or (source if (source / "critic.safetensors").is_file() else None)
+        folder = find_checkpoint(source) or (source if (source / "policy.json").is_file() else None)
         if folder is None:
             raise ConfigError(f"online.init_from: {source} holds no checkpoint (run `vlmq train` there first).")
         policy.load(folder)
@@ -401,7 +487,11 @@ def run_online(cfg: RunConfig, progress: bool = True) -> OnlineResult:
                 with open(run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
                 online_state = {"world_size": world, "ranks": ranks}
-                write_checkpoint(run_dir, policy, {"trainer.pt": trainer.state_dict(), "online.pt": online_state})
+                folder = write_checkpoint(
+                    run_dir, policy, {"trainer.pt": trainer.state_dict(), "online.pt": online_state}
+                )
+                if state.epoch == ocfg.offline_epochs:  # the offline result, kept to compare with the online one
+                    _copy_atomic(folder, run_dir / OFFLINE_CHECKPOINT)
                 reporter.log(row, step=state.epoch)
             distributed.barrier()
             bar.update(1)

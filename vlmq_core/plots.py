@@ -19,6 +19,19 @@ if TYPE_CHECKING:
     from vlmq_core.inspector import TokenView
 
 #: Metrics ``learning_curves`` shows by default (those present in at least one run).
+ONLINE_CURVE_KEYS: tuple[str, ...] = (
+    "eval/success",
+    "eval/valid",
+    "eval/return",
+    "online/success",
+    "online/agent_valid",
+    "online/return",
+    "online/epsilon",
+    "actor/kept_frac",
+    "buffer/turns",
+)
+"""An online run's curves (one row per epoch): held-out evaluations, the agent's own play, exploration, the filter."""
+
 DEFAULT_CURVE_KEYS: tuple[str, ...] = (
     "train/loss",
     "actor/nll",
@@ -40,13 +53,14 @@ def _finite(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def metric_series(history: Iterable[dict], key: str) -> tuple[list[float], list[float]]:
-    """(steps, values) of ``key`` over a run, skipping rows where it is missing or non-finite."""
+def metric_series(history: Iterable[dict], key: str, x: str = "step") -> tuple[list[float], list[float]]:
+    """(x values, values) of ``key`` over a run, skipping rows where it is missing or non-finite; `x` is the row
+    key along the x axis (``step``; ``online/env_steps`` or ``online/updates`` for online runs)."""
     xs, ys = [], []
     for i, row in enumerate(history):
         v = row.get(key)
         if _finite(v):
-            xs.append(row.get("step", i))
+            xs.append(row.get(x, i))
             ys.append(float(v))
     return xs, ys
 
@@ -77,16 +91,23 @@ def token_label(i: int, token: str) -> str:
 ## Training ##
 
 
-def learning_curves(histories: dict[str, list[dict]], keys: list[str] | None = None, smooth: int = 1) -> go.Figure:
+def learning_curves(
+    histories: dict[str, list[dict]],
+    keys: Sequence[str] | None = None,
+    smooth: int = 1,
+    x: str = "step",
+    title: str = "Learning curves",
+) -> go.Figure:
     """One subplot per metric, one line per run (same colour in every subplot, one legend entry per run).
 
     ``histories`` maps a run name ("sft", "afsft") to its per-step metric dicts. ``keys`` defaults to the
     :data:`DEFAULT_CURVE_KEYS` some run logged; explicitly requested keys no run logged give an empty subplot.
     Non-finite values (e.g. ``train/beta = -inf`` before the filter starts) are skipped. ``smooth`` > 1
-    applies a trailing moving average of that many points.
+    applies a trailing moving average of that many points. ``x`` is the row key along the x axis (online runs:
+    ``online/env_steps`` or ``online/updates``, one row per epoch).
     """
     if keys is None:
-        keys = [k for k in DEFAULT_CURVE_KEYS if any(metric_series(h, k)[0] for h in histories.values())]
+        keys = [k for k in DEFAULT_CURVE_KEYS if any(metric_series(h, k, x)[0] for h in histories.values())]
     if not keys:
         fig = go.Figure()
         fig.add_annotation(text="no metrics logged", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
@@ -98,7 +119,7 @@ def learning_curves(histories: dict[str, list[dict]], keys: list[str] | None = N
     for k_idx, key in enumerate(keys):
         row, col = divmod(k_idx, cols)
         for r_idx, (run, history) in enumerate(histories.items()):
-            xs, ys = metric_series(history, key)
+            xs, ys = metric_series(history, key, x)
             if not xs:
                 continue
             fig.add_trace(
@@ -110,15 +131,15 @@ def learning_curves(histories: dict[str, list[dict]], keys: list[str] | None = N
                     legendgroup=run,
                     showlegend=run not in shown,
                     line={"color": RUN_COLORS[r_idx % len(RUN_COLORS)]},
-                    hovertemplate=f"{run}<br>step %{{x}}<br>{key} %{{y:.4g}}<extra></extra>",
+                    hovertemplate=f"{run}<br>{x} %{{x}}<br>{key} %{{y:.4g}}<extra></extra>",
                 ),
                 row=row + 1,
                 col=col + 1,
             )
             shown.add(run)
     for i in range(len(keys)):
-        fig.update_xaxes(title_text="step", row=i // cols + 1, col=i % cols + 1)
-    title = "Learning curves" + (f" (moving average {smooth})" if smooth > 1 else "")
+        fig.update_xaxes(title_text=x, row=i // cols + 1, col=i % cols + 1)
+    title = title + (f" (moving average {smooth})" if smooth > 1 else "")
     fig.update_layout(title=title, height=280 * rows + 80, template="plotly_white")
     return fig
 
