@@ -224,3 +224,20 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_pa
     episodes = [eid for i, eid in enumerate(ids) if i == 0 or ids[i - 1] != eid]
     assert len(episodes) == len(set(episodes))  # no episode stored twice
     assert config.load(type(load_config(None)), killed / "config.yaml").run_dir == str(killed)
+
+
+def test_the_offline_epochs_are_the_offline_run_of_vlmq_train(tmp_path, tiny_folders):
+    """An online run's offline epochs (2 x 2 updates) train exactly as `vlmq train` with 4 updates on the same
+    config: checkpoint-offline equals the offline run's checkpoint, tensor for tensor."""
+    common = online_overrides(tiny_folders["llama"], tmp_path) + ["online.offline_epochs=2", "online.eval_every=0"]
+    assert cli.main(["collect", *common, "--quiet"]) == 0
+    assert cli.main(["online", *common, "online.epochs=3", "--quiet"]) == 0
+    offline = tmp_path / "offline"
+    assert cli.main(["train", *common, f"run_dir={offline}", "train.steps=4", "eval.episodes=0", "--quiet"]) == 0
+    a = load_checkpoint(tmp_path / "run" / "checkpoint-offline", device="cpu").state_dict()
+    b = load_checkpoint(offline, device="cpu").state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    online = load_checkpoint(tmp_path / "run", device="cpu").state_dict()
+    assert any(not torch.equal(online[k], a[k]) for k in a)  # and the online epoch moved on from there
