@@ -241,3 +241,10 @@ def test_the_offline_epochs_are_the_offline_run_of_vlmq_train(tmp_path, tiny_fol
         assert torch.equal(a[k], b[k]), k
     online = load_checkpoint(tmp_path / "run", device="cpu").state_dict()
     assert any(not torch.equal(online[k], a[k]) for k in a)  # and the online epoch moved on from there
+    # Starting from that checkpoint instead (online.init_from), with no update: the weights are the offline run's.
+    started = tmp_path / "started"
+    assert cli.main(["online", *common, f"run_dir={started}", f"online.init_from={offline}", "online.epochs=1",
+                     "online.offline_epochs=0", "online.updates_per_epoch=0", "--quiet"]) == 0  # fmt: skip
+    c = load_checkpoint(started, device="cpu").state_dict()
+    assert all(torch.equal(c[k], b[k]) for k in b)
+    assert cli.main(["online", *common, f"run_dir={tmp_path / 'none'}", f"online.init_from={tmp_path}"]) == 2
