@@ -100,7 +100,7 @@ def _metric_keys_documented() -> set[str]:
     return keys
 
 
-def test_an_online_run_explores_per_turn_evaluates_apart_and_documents_every_metric(tmp_path, tiny_folders):
+def test_an_online_run_explores_per_turn_evaluates_apart_and_documents_every_metric(tmp_path, tiny_folders, capsys):
     common = online_overrides(tiny_folders["llama"], tmp_path)
     assert cli.main(["collect", *common, "--quiet"]) == 0
     assert cli.main(["online", *common, "train.report_to=[tensorboard]", "--quiet"]) == 0
@@ -139,6 +139,15 @@ def test_an_online_run_explores_per_turn_evaluates_apart_and_documents_every_met
     assert steps == [1, 2, 3, 4] and values == [0, 9, 18, 27]
     assert [round(e.value, 5) for e in events.Scalars("train/loss")] == [round(r["train/loss"], 5) for r in rows]
     assert json.loads((run / "eval.json").read_text())["epoch"] == 4
+
+    # An episode in flight whose replay no longer matches (a changed environment) stops the resume in one sentence.
+    state_file = run / "checkpoint" / "online.pt"
+    state = torch.load(state_file, weights_only=False)
+    slot = next(s for s in state["ranks"][0]["online"]["slots"] if s is not None and s["turns"])
+    slot["turns"][0]["prompt"] = "another prompt"
+    torch.save(state, state_file)
+    assert cli.main(["online", "--resume", str(run), "--quiet"]) == 1
+    assert "is not deterministic given its seed, so this run cannot resume" in capsys.readouterr().err
 
 
 def _in_flight(run: Path) -> list[list]:

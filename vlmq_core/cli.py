@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*args.overrides, *extra]
     from vlmq_core.buffer import BufferError
+    from vlmq_core.collect import ResumeError
     from vlmq_core.model import ModelLoadError
 
     try:
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ModelLoadError) as e:  # a bad config, override, argument or model name
         print(f"vlmq {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except BufferError as e:  # a dataset on disk that cannot be used
+    except (BufferError, ResumeError) as e:  # a dataset or a run on disk that cannot be used
         print(f"vlmq {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -146,6 +146,10 @@ def source_name(policy: Policy | None, source: SourceConfig) -> str:
     return policy.name
 
 
+class ResumeError(RuntimeError):
+    """An episode in flight cannot be rebuilt from its seed and recorded replies (the message says why)."""
+
+
 @dataclass
 class Slot:
     """The episode one environment is playing: its seed, id, turns so far, current observation and generator."""
@@ -255,13 +259,16 @@ class EnvSlots:
         slot = self.start(i, seed, episode_id)
         for turn in turns:
             if slot.obs["prompt"] != turn.prompt:
-                raise RuntimeError(
+                raise ResumeError(
                     f"Replaying episode {episode_id} (seed {seed}) of {self.cfg.task} gave another prompt at turn "
                     f"{turn.t}: the environment is not deterministic given its seed, so this run cannot resume."
                 )
             done, _ = self.apply(i, turn.reply, turn.strategy, turn.source)
             if done:
-                raise RuntimeError(f"Replaying episode {episode_id} (seed {seed}) ended it early; it cannot resume.")
+                raise ResumeError(
+                    f"Replaying episode {episode_id} (seed {seed}) of {self.cfg.task} ended it early: the environment "
+                    "is not deterministic given its seed, so this run cannot resume."
+                )
         slot.turns = list(turns)
         slot.rng.bit_generator.state = rng_state
         return slot
