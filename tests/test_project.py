@@ -86,6 +86,22 @@ def test_readme_results_match_the_committed_metrics():
         assert float(cells[2]) == round(want["return"], 2), (run, cells)
 
 
+def test_readme_online_results_match_the_committed_metrics():
+    """The README's offline-to-online table quotes notebook 04's committed metrics file."""
+    metrics = json.loads((ROOT / "nbs_outputs" / "04_offline_to_online.numberline.metrics.json").read_text())
+    record = metrics["numberline"]
+    readme = (ROOT / "README.md").read_text()
+    rows = {"offline": "| after the offline epochs", "online": "| after the online epochs"}
+    for name, start in rows.items():
+        line = next(x for x in readme.splitlines() if x.startswith(start))
+        cells = [c.strip().strip("*") for c in line.strip("|").split("|")[1:]]
+        want = record[name]
+        assert cells[0] == f"{want['success']:.0%} (SE {100 * want['success_se']:.1f})", (name, cells)
+        assert cells[1] == f"{want['valid']:.0%}" and float(cells[2]) == round(want["return"], 2), (name, cells)
+        assert want["episodes"] == 100
+    assert cells[3:] == [str(record["env_steps"]), str(record["updates"])]
+
+
 def test_overrides_quoted_in_the_docs_are_valid_config_keys():
     """Every dotted `key=value` the README and docs/FINDINGS.md tell a user to type parses as a config override."""
     from vlmq_core.run import load_config
