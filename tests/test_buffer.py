@@ -408,3 +408,15 @@ def test_min_return_to_go(tmp_path):
     assert buf.min_return_to_go() == pytest.approx(-4.0)
     buf.add([make_turn("c", 0, reward=-1.5, done=False), make_turn("c", 1, reward=-3.0, done=True)])
     assert buf.min_return_to_go() == pytest.approx(-4.5)
+
+
+def test_has_episode_follows_adds_the_cap_and_a_reopen(tmp_path):
+    buf = TurnBuffer(tmp_path, max_turns=4)
+    buf.add(make_episode("a", 2))
+    assert buf.has_episode("a") and not buf.has_episode("b")
+    buf.add(make_episode("b", 2))
+    assert buf.has_episode("b")  # added after the id set was built
+    buf.add(make_episode("c", 2))  # the cap drops episode a
+    assert not buf.has_episode("a") and buf.has_episode("b") and buf.has_episode("c")
+    again = TurnBuffer(tmp_path, max_turns=4)
+    assert [again.has_episode(e) for e in "abc"] == [False, True, True]

@@ -245,7 +245,9 @@ class TurnBuffer:
         self._next_index += 1
         self._shards.append((shard, len(turns)))
         self._turns.extend(turns)
-        self._transitions = self._episode_ids = None
+        self._transitions = None
+        if self._episode_ids is not None:  # kept up to date: an online run asks after every finished episode
+            self._episode_ids.update(turn.episode_id for turn in turns)
         self._compact(self.compact_every)
         self._apply_cap()
 
