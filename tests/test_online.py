@@ -237,7 +237,8 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_pa
 
 def test_the_offline_epochs_are_the_offline_run_of_vlmq_train(tmp_path, tiny_folders):
     """An online run's offline epochs (2 x 2 updates) train exactly as `vlmq train` with 4 updates on the same
-    config: checkpoint-offline equals the offline run's checkpoint, tensor for tensor."""
+    config: checkpoint-offline equals the offline run's checkpoint, tensor for tensor; and continuing that offline
+    run online (`online.init_from`) equals the online run's epoch after its offline ones."""
     common = online_overrides(tiny_folders["llama"], tmp_path) + ["online.offline_epochs=2", "online.eval_every=0"]
     assert cli.main(["collect", *common, "--quiet"]) == 0
     assert cli.main(["online", *common, "online.epochs=3", "--quiet"]) == 0
@@ -250,10 +251,16 @@ def test_the_offline_epochs_are_the_offline_run_of_vlmq_train(tmp_path, tiny_fol
         assert torch.equal(a[k], b[k]), k
     online = load_checkpoint(tmp_path / "run", device="cpu").state_dict()
     assert any(not torch.equal(online[k], a[k]) for k in a)  # and the online epoch moved on from there
-    # Starting from that checkpoint instead (online.init_from), with no update: the weights are the offline run's.
+    # Continuing that offline run online instead (online.init_from: its weights, update counter, optimizer and RNG
+    # states) is the same run as the offline epochs followed by the online one.
     started = tmp_path / "started"
     assert cli.main(["online", *common, f"run_dir={started}", f"online.init_from={offline}", "online.epochs=1",
-                     "online.offline_epochs=0", "online.updates_per_epoch=0", "--quiet"]) == 0  # fmt: skip
+                     "online.offline_epochs=0", "--quiet"]) == 0  # fmt: skip
     c = load_checkpoint(started, device="cpu").state_dict()
-    assert all(torch.equal(c[k], b[k]) for k in b)
+    for k in online:
+        assert torch.equal(c[k], online[k]), k
+    ta, tc = (torch.load(d / "checkpoint" / "trainer.pt", weights_only=False) for d in (tmp_path / "run", started))
+    assert ta["step"] == tc["step"] == 6 and ta["numpy_rng"] == tc["numpy_rng"]
+    for pa, pc in zip(ta["optimizer"]["state"].values(), tc["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(pa[k], pc[k]) for k in pa)
     assert cli.main(["online", *common, f"run_dir={tmp_path / 'none'}", f"online.init_from={tmp_path}"]) == 2

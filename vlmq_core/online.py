@@ -37,6 +37,7 @@ import numpy as np
 from vlmq_core.config import ConfigError, check_fields
 
 if TYPE_CHECKING:
+    from vlmq_core.collect import SourceConfig
     from vlmq_core.run import RunConfig
 
 EXPLORATION_STRATEGIES = ("random", "min_format", "oracle")
@@ -111,8 +112,9 @@ class OnlineConfig:
     use_dataset: bool = True
     """Start the buffer with the dataset's turns (``data.path``, built by ``vlmq collect``); false: start empty."""
     init_from: str | None = None
-    """A run directory (or checkpoint folder) whose LoRA and critic weights the run starts from; None: the model
-    as loaded, with fresh heads."""
+    """A run directory (or checkpoint folder; ``vlmq train``'s or ``vlmq online``'s) the run continues from: its
+    LoRA and critic weights, update counter, optimizer moments and RNG states, with this run's learning rates.
+    None: the model as loaded, with fresh heads."""
     buffer_turns: int | None = 50_000
     """FIFO cap of the run's buffer in turns (Gym Cards 50k, BabyAI 100k); None: no cap."""
     min_buffer_turns: int = 0
@@ -290,23 +292,54 @@ def _copy_atomic(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def exploration_sources(cfg: RunConfig, episodes: int, seed: int) -> list[SourceConfig]:
+    """The run's exploration strategies that play without the model (``random``, ``oracle`` at the run's
+    corruption rate), as sources on the held-out seeds: what the agent's own play has to beat."""
+    from vlmq_core.collect import SourceConfig
+
+    explore = cfg.online.explore
+    return [
+        SourceConfig(name, episodes, seed, corrupt_rate=explore.corrupt_rate if name == "oracle" else 0.0)
+        for name in ("random", "oracle")
+        if explore.weights[name] > 0
+    ]
+
+
 def score_run(
-    cfg: RunConfig, episodes: int, seed: int, progress: bool = True, include_base: bool = False
+    cfg: RunConfig,
+    episodes: int,
+    seed: int,
+    progress: bool = True,
+    include_base: bool = False,
+    include_exploration: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Evaluate an online run's checkpoints on `episodes` held-out episodes from `seed`: ``offline`` (end of the
-    offline epochs, when it had some), ``online`` (the last) and, with `include_base`, the untrained model. Each
-    evaluation is cached as ``run_dir/score-<name>-s<seed>-n<episodes>.json`` (a re-run notebook reuses it)."""
+    offline epochs, when it had some), ``online`` (the last), with `include_base` the untrained model, and with
+    `include_exploration` each exploration strategy that plays without the model (named as a turn's source:
+    ``random``, ``oracle@0.5``). Each evaluation is cached as ``run_dir/score-<name>-s<seed>-n<episodes>.json``
+    (a re-run notebook reuses it)."""
     from vlmq_core import config, distributed, hardware
-    from vlmq_core.collect import EvalConfig, evaluate
+    from vlmq_core.collect import EvalConfig, collect, evaluate, source_name, summarize
     from vlmq_core.model import PolicyConfig, load_checkpoint, load_policy
     from vlmq_core.run import write_json
 
     run_dir = Path(cfg.run_dir)
+    scores = {}
+    for source in exploration_sources(cfg, episodes, seed) if include_exploration else []:
+        name = source_name(None, source)
+        path = run_dir / f"score-{name}-s{seed}-n{episodes}.json"
+        if path.is_file():
+            scores[name] = json.loads(path.read_text())
+            continue
+        record = summarize(collect(None, cfg.collect, source, progress=progress), prefix="eval")
+        record |= {"task": cfg.collect.task, "seed": seed, "source": config.to_dict(source)}
+        if distributed.is_main():
+            write_json(path, record)
+        scores[name] = record
     folders: dict[str, Path | None] = {"base": None} if include_base else {}
     if (run_dir / OFFLINE_CHECKPOINT).is_dir():
         folders["offline"] = run_dir / OFFLINE_CHECKPOINT
     folders["online"] = run_dir / "checkpoint"
-    scores = {}
     for name, folder in folders.items():
         path = run_dir / f"score-{name}-s{seed}-n{episodes}.json"
         if path.is_file():
@@ -331,10 +364,16 @@ HEADLINE = ("success", "success_se", "valid", "return", "length", "episodes")
 
 
 def online_experiment(
-    cfg: RunConfig, episodes: int, seed: int, include_base: bool = False, progress: bool = True
+    cfg: RunConfig,
+    episodes: int,
+    seed: int,
+    include_base: bool = False,
+    include_exploration: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """One task of notebook 04: build the dataset (when the run uses one), run the online loop, score the offline
-    and final checkpoints (and the base model with `include_base`) on `episodes` held-out episodes from `seed`.
+    and final checkpoints (the base model with `include_base`, the model-free exploration strategies with
+    `include_exploration`, under ``exploration``) on `episodes` held-out episodes from `seed`.
     Returns a record for the metrics file (``history`` holds the per-epoch rows, for the curves). Every step
     resumes: a re-run notebook reuses the dataset, the run and the scores on disk."""
     from vlmq_core import hardware
@@ -343,14 +382,16 @@ def online_experiment(
     t0 = time.perf_counter()
     data = collect_data(cfg, progress=progress).stats() if cfg.online.use_dataset else None
     result = run_online(cfg, progress=progress)
-    scores = score_run(cfg, episodes, seed, progress=progress, include_base=include_base)
+    scores = score_run(cfg, episodes, seed, progress, include_base, include_exploration)
+    headline = {name: {k: score[f"eval/{k}"] for k in HEADLINE} for name, score in scores.items()}
     last = result.history[-1]
     return {
         "task": cfg.collect.task,
         "model": result.policy.name,
         "hardware": hardware.describe(),
         "data": data,
-        **{name: {k: score[f"eval/{k}"] for k in HEADLINE} for name, score in scores.items()},
+        **{name: v for name, v in headline.items() if name in ("base", "offline", "online")},
+        "exploration": {name: v for name, v in headline.items() if name not in ("base", "offline", "online")},
         "eval_seed": seed,
         "env_steps": last["online/env_steps"],
         "updates": last["online/updates"],
@@ -416,6 +457,8 @@ def run_online(cfg: RunConfig, progress: bool = True) -> OnlineResult:
             raise ConfigError(f"online.init_from: {source} holds no checkpoint (run `vlmq train` there first).")
         policy.load(folder)
     trainer = Trainer(policy, buffer, cfg.train, cfg.loss, run_dir=None)
+    if ocfg.init_from and checkpoint is None and (folder / "trainer.pt").is_file():
+        trainer.continue_from(torch.load(folder / "trainer.pt", map_location="cpu", weights_only=False))
     state = OnlineState(next_seed=ocfg.seed + rank)
     history: list[dict[str, Any]] = []
     if saved is not None:

@@ -287,6 +287,19 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
 
+    def continue_from(self, state: dict) -> None:
+        """Continue another run's training (``online.init_from``): its update counter, optimizer moments and RNG
+        states, with this run's learning rates (warmups count from that run's first update)."""
+        base = list(self.scheduler.base_lrs)
+        if distributed.rank() != 0:  # the other processes keep their own minibatch and dropout streams
+            state = {**state, "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+        self.load_state_dict(state)
+        self.scheduler.base_lrs = base
+        lrs = [lr * lam(self.scheduler.last_epoch) for lr, lam in zip(base, self.scheduler.lr_lambdas, strict=True)]
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        self.scheduler._last_lr = lrs
+
     def save_checkpoint(self) -> Path:
         """Write ``run_dir/checkpoint`` atomically: a complete new folder replaces the old one by renames."""
         assert self.run_dir is not None
