@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from vlmq_core import config
 from vlmq_core.buffer import TurnBuffer
@@ -97,7 +98,7 @@ def test_04_offline_to_online_runs_all_three_tasks_and_its_numbers_come_from_its
         "blackjack": [f"data.sources.{i}.episodes={n}" for i, n in enumerate((4, 2, 1, 1))],
         "babyai": ["online.min_buffer_turns=4"],
     }
-    per_task["numberline"].append("online.offline_epochs=1")
+    per_task["numberline"].append("train.steps=2")  # its offline run (notebook 03's), which the online run continues
     per_task["blackjack"].append("online.offline_epochs=1")
     episodes = {"numberline": 2, "blackjack": 3, "babyai": 2}
     papermill.execute_notebook(
@@ -134,3 +135,11 @@ def test_04_offline_to_online_runs_all_three_tasks_and_its_numbers_come_from_its
             assert record["data"] == json.loads(json.dumps(data.stats()))
         else:
             assert record["data"] is None
+            assert set(record["exploration"]) == {"random", "oracle@0.5"}  # each strategy alone, same episodes
+            for name, score in record["exploration"].items():
+                saved = json.loads((run / f"score-{name}-s20000-n{n}.json").read_text())
+                assert score == {k: saved[f"eval/{k}"] for k in score} and score["episodes"] == n
+    offline = tmp_path / "out" / "numberline" / "offline"  # notebook 03's run, trained here, continued online
+    assert m["numberline"]["init_from"] == str(offline) and m["blackjack"]["init_from"] is None
+    started = torch.load(offline / "checkpoint" / "trainer.pt", weights_only=False)["step"]
+    assert started == 2 and m["numberline"]["updates"] == started + 2 * 2

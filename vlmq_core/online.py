@@ -314,14 +314,15 @@ def score_run(
     include_exploration: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Evaluate an online run's checkpoints on `episodes` held-out episodes from `seed`: ``offline`` (end of the
-    offline epochs, when it had some), ``online`` (the last), with `include_base` the untrained model, and with
-    `include_exploration` each exploration strategy that plays without the model (named as a turn's source:
-    ``random``, ``oracle@0.5``). Each evaluation is cached as ``run_dir/score-<name>-s<seed>-n<episodes>.json``
-    (a re-run notebook reuses it)."""
+    offline epochs, or the run it continued: ``online.init_from``), ``online`` (the last), with `include_base` the
+    untrained model, and with `include_exploration` each exploration strategy that plays without the model (named
+    as a turn's source: ``random``, ``oracle@0.5``). Each evaluation is cached as
+    ``run_dir/score-<name>-s<seed>-n<episodes>.json`` (a re-run notebook reuses it)."""
     from vlmq_core import config, distributed, hardware
     from vlmq_core.collect import EvalConfig, collect, evaluate, source_name, summarize
     from vlmq_core.model import PolicyConfig, load_checkpoint, load_policy
     from vlmq_core.run import write_json
+    from vlmq_core.trainer import find_checkpoint
 
     run_dir = Path(cfg.run_dir)
     scores = {}
@@ -339,6 +340,8 @@ def score_run(
     folders: dict[str, Path | None] = {"base": None} if include_base else {}
     if (run_dir / OFFLINE_CHECKPOINT).is_dir():
         folders["offline"] = run_dir / OFFLINE_CHECKPOINT
+    elif cfg.online.init_from:  # the run continued another one: that one's checkpoint is the offline result
+        folders["offline"] = find_checkpoint(Path(cfg.online.init_from)) or Path(cfg.online.init_from)
     folders["online"] = run_dir / "checkpoint"
     for name, folder in folders.items():
         path = run_dir / f"score-{name}-s{seed}-n{episodes}.json"
@@ -369,18 +372,29 @@ def online_experiment(
     seed: int,
     include_base: bool = False,
     include_exploration: bool = False,
+    offline: RunConfig | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """One task of notebook 04: build the dataset (when the run uses one), run the online loop, score the offline
-    and final checkpoints (the base model with `include_base`, the model-free exploration strategies with
-    `include_exploration`, under ``exploration``) on `episodes` held-out episodes from `seed`.
-    Returns a record for the metrics file (``history`` holds the per-epoch rows, for the curves). Every step
-    resumes: a re-run notebook reuses the dataset, the run and the scores on disk."""
+    """One task of notebook 04: build the dataset (when the run uses one); when `offline` is given, train that
+    ``vlmq train`` run (reused when done, as notebook 03 leaves it) and continue it online (``online.init_from``),
+    else run the online loop as configured; score the offline and final checkpoints (the base model with
+    `include_base`, the model-free exploration strategies with `include_exploration`, under ``exploration``) on
+    `episodes` held-out episodes from `seed`. Returns a record for the metrics file (``history`` holds the
+    per-epoch rows, for the curves). Every step resumes: a re-run notebook reuses the dataset, the runs and the
+    scores on disk."""
     from vlmq_core import hardware
     from vlmq_core.run import collect_data
 
     t0 = time.perf_counter()
     data = collect_data(cfg, progress=progress).stats() if cfg.online.use_dataset else None
+    if offline is not None:
+        from vlmq_core import config
+        from vlmq_core.run import train
+
+        if offline.data.path != cfg.data.path:
+            raise ConfigError(f"The offline run trains on {offline.data.path} and the online run on {cfg.data.path}.")
+        train(offline, progress=progress)
+        cfg = config.apply_overrides(cfg, {"online.init_from": offline.run_dir})
     result = run_online(cfg, progress=progress)
     scores = score_run(cfg, episodes, seed, progress, include_base, include_exploration)
     headline = {name: {k: score[f"eval/{k}"] for k in HEADLINE} for name, score in scores.items()}
@@ -390,6 +404,7 @@ def online_experiment(
         "model": result.policy.name,
         "hardware": hardware.describe(),
         "data": data,
+        "init_from": cfg.online.init_from,
         **{name: v for name, v in headline.items() if name in ("base", "offline", "online")},
         "exploration": {name: v for name, v in headline.items() if name not in ("base", "offline", "online")},
         "eval_seed": seed,
