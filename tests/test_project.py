@@ -91,7 +91,7 @@ def test_readme_online_results_match_the_committed_metrics():
     metrics = json.loads((ROOT / "nbs_outputs" / "04_offline_to_online.numberline.metrics.json").read_text())
     record = metrics["numberline"]
     readme = (ROOT / "README.md").read_text()
-    rows = {"offline": "| after the offline epochs", "online": "| after the online epochs"}
+    rows = {"offline": "| notebook 03's AFSFT run", "online": "| continued online"}
     for name, start in rows.items():
         line = next(x for x in readme.splitlines() if x.startswith(start))
         cells = [c.strip().strip("*") for c in line.strip("|").split("|")[1:]]
