@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -325,40 +327,40 @@ def score_run(
     from vlmq_core.trainer import find_checkpoint
 
     run_dir = Path(cfg.run_dir)
-    scores = {}
-    for source in exploration_sources(cfg, episodes, seed) if include_exploration else []:
-        name = source_name(None, source)
-        path = run_dir / f"score-{name}-s{seed}-n{episodes}.json"
-        if path.is_file():
-            scores[name] = json.loads(path.read_text())
-            continue
-        record = summarize(collect(None, cfg.collect, source, progress=progress), prefix="eval")
-        record |= {"task": cfg.collect.task, "seed": seed, "source": config.to_dict(source)}
-        if distributed.is_main():
-            write_json(path, record)
-        scores[name] = record
-    folders: dict[str, Path | None] = {"base": None} if include_base else {}
-    if (run_dir / OFFLINE_CHECKPOINT).is_dir():
-        folders["offline"] = run_dir / OFFLINE_CHECKPOINT
-    elif cfg.online.init_from:  # the run continued another one: that one's checkpoint is the offline result
-        folders["offline"] = find_checkpoint(Path(cfg.online.init_from)) or Path(cfg.online.init_from)
-    folders["online"] = run_dir / "checkpoint"
-    for name, folder in folders.items():
-        path = run_dir / f"score-{name}-s{seed}-n{episodes}.json"
-        if path.is_file():
-            scores[name] = json.loads(path.read_text())
-            continue
+    eval_cfg = EvalConfig(episodes, seed)
+
+    def play_source(source: SourceConfig) -> dict[str, Any]:
+        results = collect(None, cfg.collect, source, progress=progress)
+        return summarize(results, prefix="eval") | {"source": config.to_dict(source)}
+
+    def play_checkpoint(folder: Path | None) -> dict[str, Any]:
         if folder is None:
             policy = load_policy(PolicyConfig(model=cfg.model, lora=cfg.lora))
         else:
             policy = load_checkpoint(folder)
-        record = evaluate(policy, cfg.collect, EvalConfig(episodes, seed), progress=progress)
-        record |= {"task": cfg.collect.task, "seed": seed, "hardware": hardware.describe()}
-        record["eval"] = config.to_dict(EvalConfig(episodes, seed))
+        record = evaluate(policy, cfg.collect, eval_cfg, progress=progress)
+        return record | {"hardware": hardware.describe(), "eval": config.to_dict(eval_cfg)}
+
+    plays: dict[str, Callable[[], dict[str, Any]]] = {}
+    for source in exploration_sources(cfg, episodes, seed) if include_exploration else []:
+        plays[source_name(None, source)] = functools.partial(play_source, source)
+    if include_base:
+        plays["base"] = functools.partial(play_checkpoint, None)
+    if (run_dir / OFFLINE_CHECKPOINT).is_dir():
+        plays["offline"] = functools.partial(play_checkpoint, run_dir / OFFLINE_CHECKPOINT)
+    elif cfg.online.init_from:  # the run continued another one: that one's checkpoint is the offline result
+        folder = find_checkpoint(Path(cfg.online.init_from)) or Path(cfg.online.init_from)
+        plays["offline"] = functools.partial(play_checkpoint, folder)
+    plays["online"] = functools.partial(play_checkpoint, run_dir / "checkpoint")
+    scores = {}
+    for name, play in plays.items():
+        path = run_dir / f"score-{name}-s{seed}-n{episodes}.json"
+        if path.is_file():
+            scores[name] = json.loads(path.read_text())
+            continue
+        scores[name] = play() | {"task": cfg.collect.task, "seed": seed}
         if distributed.is_main():
-            write_json(path, record)
-        scores[name] = record
-        del policy
+            write_json(path, scores[name])
     return scores
 
 
