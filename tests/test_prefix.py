@@ -76,3 +76,30 @@ def test_next_prompt_pass_is_shared_and_equal(pair, text_turns):
         a = shared.hidden(batch.next_inputs).flatten(0, 1)[batch.next_last_pos]
         b = full.hidden(batch.next_inputs).flatten(0, 1)[batch.next_last_pos]
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_generate_shares_the_prefix_and_replies_as_left_padding(pair, text_turns, monkeypatch):
+    """Batched generation runs the common prompt prefix once and gives the left-padded batch's greedy replies."""
+    import vlmq_core.model as model_module
+
+    shared, full = pair
+    prompts = [t.prompt for t in text_turns] + ["A short one."]
+    prefixes = ["", "[action]", "", "[action] +", ""][: len(prompts)]
+    calls = []
+    real = model_module.generate_with_shared_prefix
+
+    def spy(model, rows, P, *args, **kwargs):
+        calls.append(P)
+        return real(model, rows, P, *args, **kwargs)
+
+    monkeypatch.setattr(model_module, "generate_with_shared_prefix", spy)
+    a = shared.generate(prompts, [None] * len(prompts), max_new_tokens=6, temperature=0.0, prefixes=prefixes)
+    b = full.generate(prompts, [None] * len(prompts), max_new_tokens=6, temperature=0.0, prefixes=prefixes)
+    assert len(calls) == 1 and calls[0] >= MIN_SHARED_PREFIX  # the shared path ran, for `shared` only
+    assert a == b
+    # sampling from the same RNG state draws the same replies
+    torch.manual_seed(7)
+    a = shared.generate(prompts, [None] * len(prompts), max_new_tokens=6, temperature=0.7)
+    torch.manual_seed(7)
+    b = full.generate(prompts, [None] * len(prompts), max_new_tokens=6, temperature=0.7)
+    assert a == b

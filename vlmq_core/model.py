@@ -22,7 +22,13 @@ from torch import nn
 from vlmq_core import config
 from vlmq_core.config import ConfigError, check_fields
 from vlmq_core.critic import CriticConfig, CriticHead, InputWhitening, PopArt, init_constant, make_target
-from vlmq_core.prefix import hidden_with_shared_prefix, shared_prefix_len
+from vlmq_core.prefix import (
+    MIN_SHARED_PREFIX,
+    common_prefix_len,
+    generate_with_shared_prefix,
+    hidden_with_shared_prefix,
+    shared_prefix_len,
+)
 
 EMBEDDED = "embedded"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -48,9 +54,10 @@ class ModelConfig:
     quantization: Literal["4bit", "8bit"] | None = None
     """4-bit or 8-bit base weights through bitsandbytes (CUDA only); None keeps full precision."""
     share_prefix: bool = True
-    """Training passes compute the prompt prefix the batch's rows share once (``vlmq_core.prefix``; causal LMs,
-    text-only inputs). Same hidden states and gradients up to float rounding; x2.1-2.9 faster updates on NumberLine
-    (``benchmarks/bench_update.py``, CPU)."""
+    """Training passes and batched ``generate`` compute the prompt prefix the batch's rows share once
+    (``vlmq_core.prefix``; causal LMs, text-only inputs). Same hidden states, gradients and greedy replies up to float
+    rounding; x2.1-2.9 faster updates on NumberLine (``benchmarks/bench_update.py``, CPU), x2 faster generation of
+    32 BabyAI replies."""
 
     def __post_init__(self) -> None:
         check_fields(self, "model.")
@@ -285,7 +292,8 @@ class Policy(nn.Module):
         temperature: float = 0.4,
         prefixes: list[str] | None = None,
     ) -> list[str]:
-        """Sample one reply per prompt in one batched ``generate`` call (left padding).
+        """Sample one reply per prompt in one batched ``generate`` call (the shared prompt prefix run once when
+        ``model.share_prefix`` allows, else left padding).
 
         ``prefixes`` prefill the start of each reply (e.g. ``[action]`` for the ``min_format`` strategy);
         the returned reply includes its prefix.
@@ -294,6 +302,30 @@ class Policy(nn.Module):
         texts = [
             self.render_prompt(p, im is not None) + pre for p, im, pre in zip(prompts, images, prefixes, strict=True)
         ]
+        sample = temperature > 0
+        gen_kwargs = dict(
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            temperature=temperature if sample else None,
+            top_p=None,
+            top_k=None,
+            eos_token_id=[self.stop_token_id, self.tokenizer.eos_token_id],
+        )
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            new = self._generate_shared(texts, gen_kwargs) if self.cfg.model.share_prefix and not self.is_vlm else None
+            if new is None:
+                inputs = self._left_padded(texts, images)
+                out = self.model.generate(**inputs, pad_token_id=self.tokenizer.pad_token_id, **gen_kwargs)
+                new = out[:, inputs["input_ids"].shape[1] :]
+        finally:
+            self.model.train(was_training)
+        return [
+            pre + self.tokenizer.decode(ids, skip_special_tokens=True) for pre, ids in zip(prefixes, new, strict=True)
+        ]
+
+    def _left_padded(self, texts: list[str], images: list[Image.Image | None]) -> dict[str, torch.Tensor]:
         self.tokenizer.padding_side = "left"
         try:
             if self.is_vlm:
@@ -303,25 +335,15 @@ class Policy(nn.Module):
                 inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         finally:
             self.tokenizer.padding_side = "right"
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        was_training = self.model.training
-        self.model.eval()
-        sample = temperature > 0
-        out = self.model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            temperature=temperature if sample else None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=[self.stop_token_id, self.tokenizer.eos_token_id],
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        self.model.train(was_training)
-        new = out[:, inputs["input_ids"].shape[1] :]
-        return [
-            pre + self.tokenizer.decode(ids, skip_special_tokens=True) for pre, ids in zip(prefixes, new, strict=True)
-        ]
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    def _generate_shared(self, texts: list[str], gen_kwargs: dict) -> torch.Tensor | None:
+        """Generated tokens with the shared prompt prefix run once, or None when too little is shared."""
+        rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        P = common_prefix_len(rows)
+        if P < MIN_SHARED_PREFIX:
+            return None
+        return generate_with_shared_prefix(self.model, rows, P, self.tokenizer.pad_token_id, **gen_kwargs)
 
     # ---- save / load ------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> None:

@@ -12,6 +12,15 @@ Gradients reach the prefix through both ``h_pre`` and the cached keys/values, so
 as with the full pass. One difference in training mode: LoRA dropout draws one mask for the shared prefix
 instead of one per row (the same expectation). Used only for text-only inputs of causal LMs; anything else
 (images, VLM backbones whose positions depend on the image layout) takes the full pass.
+
+Generation shares the prefix the same way (:func:`generate_with_shared_prefix`): the prefix is run once and its
+key/value cache repeated for every row, and each row's own suffix is padded *between* the prefix and the suffix,
+
+    ids  = [x0..x_{P-1} | pad .. pad | suffix_i]     mask = [1 .. 1 | 0 .. 0 | 1 .. 1]
+
+so ``generate``'s positions (the cumulative sum of the mask) are 0..P-1 for the prefix and continue at P for every
+suffix, as in the unpadded prompt. Greedy replies equal the left-padded batch's (tested); on the embedded model,
+32 BabyAI prompts (179 shared tokens of 206-302) decode 2x faster.
 """
 
 from __future__ import annotations
@@ -42,12 +51,16 @@ def shared_prefix_len(inputs: dict[str, torch.Tensor]) -> int:
     return P if P >= MIN_SHARED_PREFIX else 0
 
 
+def _cache_key(model: nn.Module) -> str:
+    """transformers >= 5.x names the cache argument and output ``cache``; earlier 5.x ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def hidden_with_shared_prefix(backbone: nn.Module, inputs: dict[str, torch.Tensor], P: int) -> torch.Tensor:
     """Last hidden states (B, T, d) of ``backbone`` on a right-padded batch whose rows share ``P`` tokens."""
     ids = inputs["input_ids"]
     B, T = ids.shape
-    # transformers >= 5.x names the cache argument and output ``cache``; earlier 5.x ``past_key_values``
-    key = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+    key = _cache_key(backbone)
     pre = backbone(input_ids=ids[:1, :P], use_cache=True)
     cache = getattr(pre, key)
     cache.batch_repeat_interleave(B)
@@ -57,3 +70,42 @@ def hidden_with_shared_prefix(backbone: nn.Module, inputs: dict[str, torch.Tenso
     positions = torch.arange(P, T, device=ids.device)[None].expand(B, -1)
     suf = backbone(input_ids=ids[:, P:], attention_mask=mask, position_ids=positions, use_cache=True, **{key: cache})
     return torch.cat([pre.last_hidden_state.expand(B, -1, -1), suf.last_hidden_state], dim=1)
+
+
+def common_prefix_len(rows: list[list[int]]) -> int:
+    """Number of leading tokens every row shares, at most ``min(len) - 1`` (each row keeps one own token)."""
+    if len(rows) < 2:
+        return 0
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    P = 0
+    while P < n and all(r[P] == first[P] for r in rows):
+        P += 1
+    return P
+
+
+@torch.no_grad()
+def generate_with_shared_prefix(
+    model: nn.Module, rows: list[list[int]], P: int, pad_token_id: int, **generate_kwargs
+) -> torch.Tensor:
+    """``model.generate`` over prompts (token id lists) whose first ``P`` tokens are equal, the prefix run once.
+
+    Returns the generated tokens only, (B, new), padded with ``pad_token_id`` after a row stops (as ``generate``).
+    """
+    device = next(model.parameters()).device
+    B = len(rows)
+    L = max(len(r) for r in rows) - P
+    ids = torch.full((B, P + L), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((B, P + L), dtype=torch.long)
+    ids[:, :P] = torch.tensor(rows[0][:P])
+    mask[:, :P] = 1
+    for i, r in enumerate(rows):
+        ids[i, P + L - (len(r) - P) :] = torch.tensor(r[P:])
+        mask[i, P + L - (len(r) - P) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    key = _cache_key(getattr(model, "get_base_model", lambda: model)())
+    pre = model(input_ids=ids[:1, :P], use_cache=True, logits_to_keep=1)
+    cache = getattr(pre, key)
+    cache.batch_repeat_interleave(B)
+    out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad_token_id, **{key: cache}, **generate_kwargs)
+    return out[:, P + L :]
