@@ -303,14 +303,14 @@ class Policy(nn.Module):
             self.render_prompt(p, im is not None) + pre for p, im, pre in zip(prompts, images, prefixes, strict=True)
         ]
         sample = temperature > 0
-        gen_kwargs = dict(
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            temperature=temperature if sample else None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=[self.stop_token_id, self.tokenizer.eos_token_id],
-        )
+        gen_kwargs = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": sample,
+            "temperature": temperature if sample else None,
+            "top_p": None,
+            "top_k": None,
+            "eos_token_id": [self.stop_token_id, self.tokenizer.eos_token_id],
+        }
         was_training = self.model.training
         self.model.eval()
         try:

@@ -107,5 +107,7 @@ def generate_with_shared_prefix(
     pre = model(input_ids=ids[:1, :P], use_cache=True, logits_to_keep=1)
     cache = getattr(pre, key)
     cache.batch_repeat_interleave(B)
-    out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad_token_id, **{key: cache}, **generate_kwargs)
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, pad_token_id=pad_token_id, **{key: cache}, **generate_kwargs
+    )
     return out[:, P + L :]
