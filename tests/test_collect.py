@@ -101,6 +101,27 @@ def test_evaluate_and_summarize(tiny_policy):
     assert s["eval/success_se"] == pytest.approx(0.5 / 2**0.5)
 
 
+def test_evaluation_batch_width(tiny_policy, monkeypatch):
+    """``eval.num_envs`` widens the evaluation's batch; greedy results do not depend on it."""
+    import vlmq_core.collect as collect_module
+
+    widths = []
+    real = collect_module.EnvSlots
+
+    def spy(cfg, n, *args, **kwargs):
+        widths.append(n)
+        return real(cfg, n, *args, **kwargs)
+
+    monkeypatch.setattr(collect_module, "EnvSlots", spy)
+    cfg = CollectConfig(num_envs=1, max_reply_tokens=3, temperature=0.0)
+    narrow = evaluate(tiny_policy, cfg, EvalConfig(4, 10), progress=False)
+    wide = evaluate(tiny_policy, cfg, EvalConfig(4, 10, num_envs=4), progress=False)
+    assert widths == [1, 4]
+    assert narrow == wide
+    with pytest.raises(ConfigError, match="eval.num_envs"):
+        EvalConfig(4, 10, num_envs=0)
+
+
 def test_bad_configuration_is_reported():
     with pytest.raises(ConfigError, match="strategy"):
         SourceConfig(strategy="greedy")

@@ -12,6 +12,7 @@ tops a buffer up to it and is resumable: it collects exactly the seeds whose epi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Sequence
@@ -118,9 +119,14 @@ class EvalConfig:
     """Episodes per evaluation (0: none); one standard error of a success rate near 50% is ~11 points at 20."""
     seed: int = 10_000
     """Seed of the first evaluation episode."""
+    num_envs: int | None = None
+    """Parallel environments while evaluating (None: ``collect.num_envs``). Held-out episodes are independent, so a
+    batch wider than collection's shortens an evaluation whose episodes are long (BabyAI: up to 64 generate calls)."""
 
     def __post_init__(self) -> None:
         check_fields(self, "eval.")
+        if self.num_envs is not None and self.num_envs < 1:
+            raise ConfigError(f"eval.num_envs must be >= 1 (or null: collect.num_envs), got {self.num_envs}.")
 
 
 @dataclass
@@ -387,6 +393,8 @@ def evaluate(
     eval_cfg = eval_cfg or EvalConfig()
     source = SourceConfig("agent", eval_cfg.episodes, eval_cfg.seed)
     mine = list(source.seeds)[distributed.rank() :: distributed.world_size()]
+    if eval_cfg.num_envs is not None:
+        cfg = dataclasses.replace(cfg, num_envs=eval_cfg.num_envs)
     results = collect(policy, cfg, source, seeds=mine, progress=progress and distributed.is_main())
     pooled = sorted((r for part in distributed.gather(results) for r in part), key=lambda r: r.seed)
     return summarize(pooled, prefix="eval")

@@ -327,7 +327,7 @@ def score_run(
     from vlmq_core.trainer import find_checkpoint
 
     run_dir = Path(cfg.run_dir)
-    eval_cfg = EvalConfig(episodes, seed)
+    eval_cfg = EvalConfig(episodes, seed, cfg.eval.num_envs)
 
     def play_source(source: SourceConfig) -> dict[str, Any]:
         results = collect(None, cfg.collect, source, progress=progress)
