@@ -24,7 +24,6 @@ from vlmq_core.config import ConfigError, check_fields
 from vlmq_core.critic import CriticConfig, CriticHead, InputWhitening, PopArt, init_constant, make_target
 from vlmq_core.prefix import (
     MIN_SHARED_PREFIX,
-    common_prefix_len,
     generate_with_shared_prefix,
     hidden_with_shared_prefix,
     shared_prefix_len,
@@ -339,11 +338,13 @@ class Policy(nn.Module):
 
     def _generate_shared(self, texts: list[str], gen_kwargs: dict) -> torch.Tensor | None:
         """Generated tokens with the shared prompt prefix run once, or None when too little is shared."""
-        rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        P = common_prefix_len(rows)
+        inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        # every row keeps a token of its own after the prefix: generation starts from each row's last token
+        P = min(shared_prefix_len(inputs), int(inputs["attention_mask"].sum(1).min()) - 1)
         if P < MIN_SHARED_PREFIX:
             return None
-        return generate_with_shared_prefix(self.model, rows, P, self.tokenizer.pad_token_id, **gen_kwargs)
+        return generate_with_shared_prefix(self.model, inputs, P, self.tokenizer.pad_token_id, **gen_kwargs)
 
     # ---- save / load ------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> None:

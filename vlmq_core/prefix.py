@@ -72,42 +72,27 @@ def hidden_with_shared_prefix(backbone: nn.Module, inputs: dict[str, torch.Tenso
     return torch.cat([pre.last_hidden_state.expand(B, -1, -1), suf.last_hidden_state], dim=1)
 
 
-def common_prefix_len(rows: list[list[int]]) -> int:
-    """Number of leading tokens every row shares, at most ``min(len) - 1`` (each row keeps one own token)."""
-    if len(rows) < 2:
-        return 0
-    n = min(len(r) for r in rows) - 1
-    first = rows[0]
-    P = 0
-    while P < n and all(r[P] == first[P] for r in rows):
-        P += 1
-    return P
-
-
 @torch.no_grad()
 def generate_with_shared_prefix(
-    model: nn.Module, rows: list[list[int]], P: int, pad_token_id: int, **generate_kwargs
+    model: nn.Module, inputs: dict[str, torch.Tensor], P: int, pad_token_id: int, **generate_kwargs
 ) -> torch.Tensor:
-    """``model.generate`` over prompts (token id lists) whose first ``P`` tokens are equal, the prefix run once.
+    """``model.generate`` over a right-padded batch whose rows share their first ``P`` tokens, the prefix run once.
+    Every row needs a token of its own after the prefix (``P`` < its length).
 
     Returns the generated tokens only, (B, new), padded with ``pad_token_id`` after a row stops (as ``generate``).
     """
-    device = next(model.parameters()).device
-    B = len(rows)
-    L = max(len(r) for r in rows) - P
-    ids = torch.full((B, P + L), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((B, P + L), dtype=torch.long)
-    ids[:, :P] = torch.tensor(rows[0][:P])
-    mask[:, :P] = 1
-    for i, r in enumerate(rows):
-        ids[i, P + L - (len(r) - P) :] = torch.tensor(r[P:])
-        mask[i, P + L - (len(r) - P) :] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, lengths = inputs["input_ids"], inputs["attention_mask"].sum(1)
+    B, L = ids.shape[0], int(lengths.max()) - P
+    mid = torch.full((B, P + L), pad_token_id, dtype=ids.dtype, device=ids.device)
+    mask = torch.zeros_like(mid)
+    mid[:, :P], mask[:, :P] = ids[:, :P], 1
+    for i, n in enumerate(lengths.tolist()):  # each row's own tokens, right-aligned after the padding
+        mid[i, P + L - (n - P) :], mask[i, P + L - (n - P) :] = ids[i, P:n], 1
     key = _cache_key(getattr(model, "get_base_model", lambda: model)())
-    pre = model(input_ids=ids[:1, :P], use_cache=True, logits_to_keep=1)
+    pre = model(input_ids=mid[:1, :P], use_cache=True, logits_to_keep=1)
     cache = getattr(pre, key)
     cache.batch_repeat_interleave(B)
     out = model.generate(
-        input_ids=ids, attention_mask=mask, pad_token_id=pad_token_id, **{key: cache}, **generate_kwargs
+        input_ids=mid, attention_mask=mask, pad_token_id=pad_token_id, **{key: cache}, **generate_kwargs
     )
     return out[:, P + L :]
