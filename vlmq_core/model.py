@@ -55,7 +55,7 @@ class ModelConfig:
     share_prefix: bool = True
     """Training passes and batched ``generate`` compute the prompt prefix the batch's rows share once
     (``vlmq_core.prefix``; causal LMs, text-only inputs). Same hidden states, gradients and greedy replies up to float
-    rounding; x2.1-2.9 faster updates on NumberLine (``benchmarks/bench_update.py``, CPU), x2 faster generation of
+    rounding; x2.1-2.9 faster updates on NumberLine (``benchmarks/bench_update.py``, CPU), x2.3 faster generation of
     32 BabyAI replies."""
 
     def __post_init__(self) -> None:
