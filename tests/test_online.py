@@ -264,3 +264,23 @@ def test_the_offline_epochs_are_the_offline_run_of_vlmq_train(tmp_path, tiny_fol
     for pa, pc in zip(ta["optimizer"]["state"].values(), tc["optimizer"]["state"].values(), strict=True):
         assert all(torch.equal(pa[k], pc[k]) for k in pa)
     assert cli.main(["online", *common, f"run_dir={tmp_path / 'none'}", f"online.init_from={tmp_path}"]) == 2
+
+
+def test_scores_are_cached_per_checkpoint_and_a_continued_run_is_scored_again(tmp_path, tiny_folders):
+    """`score_run` reuses a cached score only for the checkpoint it was taken from: continuing a run to more epochs
+    scores its new last checkpoint again, while the unchanged offline checkpoint's score is read back."""
+    from vlmq_core.online import score_run
+
+    common = online_overrides(tiny_folders["llama"], tmp_path, epochs=2) + ["online.eval_every=0"]
+    assert cli.main(["collect", *common, "--quiet"]) == 0
+    assert cli.main(["online", *common, "--quiet"]) == 0
+    cfg = load_config(None, common)
+    first = score_run(cfg, 2, 500, progress=False)
+    assert (first["offline"]["checkpoint_step"], first["online"]["checkpoint_step"]) == (2, 4)
+    offline_file = tmp_path / "run" / "score-offline-s500-n2.json"
+    marked = json.loads(offline_file.read_text()) | {"eval/success": 0.125}  # shows whether it is read back
+    offline_file.write_text(json.dumps(marked))
+    assert cli.main(["online", *common, "online.epochs=3", "--quiet"]) == 0
+    second = score_run(load_config(None, [*common, "online.epochs=3"]), 2, 500, progress=False)
+    assert second["offline"]["eval/success"] == 0.125 and second["online"]["checkpoint_step"] == 6
+    assert json.loads((tmp_path / "run" / "score-online-s500-n2.json").read_text())["checkpoint_step"] == 6

@@ -307,6 +307,16 @@ def exploration_sources(cfg: RunConfig, episodes: int, seed: int) -> list[Source
     ]
 
 
+def checkpoint_step(folder: str | os.PathLike) -> int | None:
+    """The update a checkpoint folder was saved at (its ``trainer.pt``); None for a folder without one."""
+    import torch
+
+    path = Path(folder) / "trainer.pt"
+    if not path.is_file():
+        return None
+    return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
+
+
 def score_run(
     cfg: RunConfig,
     episodes: int,
@@ -346,19 +356,25 @@ def score_run(
         plays[source_name(None, source)] = functools.partial(play_source, source)
     if include_base:
         plays["base"] = functools.partial(play_checkpoint, None)
+    folders = {}  # the checkpoints scored, by name
     if (run_dir / OFFLINE_CHECKPOINT).is_dir():
-        plays["offline"] = functools.partial(play_checkpoint, run_dir / OFFLINE_CHECKPOINT)
+        folders["offline"] = run_dir / OFFLINE_CHECKPOINT
     elif cfg.online.init_from:  # the run continued another one: that one's checkpoint is the offline result
-        folder = find_checkpoint(Path(cfg.online.init_from)) or Path(cfg.online.init_from)
-        plays["offline"] = functools.partial(play_checkpoint, folder)
-    plays["online"] = functools.partial(play_checkpoint, run_dir / "checkpoint")
+        folders["offline"] = find_checkpoint(Path(cfg.online.init_from)) or Path(cfg.online.init_from)
+    folders["online"] = run_dir / "checkpoint"
+    for name, folder in folders.items():
+        plays[name] = functools.partial(play_checkpoint, folder)
     scores = {}
     for name, play in plays.items():
         path = run_dir / f"score-{name}-s{seed}-n{episodes}.json"
+        # A checkpoint's score names the update it was taken at: a run continued to more epochs is scored again.
+        step = checkpoint_step(folders[name]) if name in folders else None
         if path.is_file():
-            scores[name] = json.loads(path.read_text())
-            continue
-        scores[name] = play() | {"task": cfg.collect.task, "seed": seed}
+            cached = json.loads(path.read_text())
+            if cached.get("checkpoint_step") == step:
+                scores[name] = cached
+                continue
+        scores[name] = play() | {"task": cfg.collect.task, "seed": seed, "checkpoint_step": step}
         if distributed.is_main():
             write_json(path, scores[name])
     return scores
