@@ -314,7 +314,7 @@ def checkpoint_step(folder: str | os.PathLike) -> int | None:
     path = Path(folder) / "trainer.pt"
     if not path.is_file():
         return None
-    return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
+    return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["step"])  # mapped, not read
 
 
 def score_run(

@@ -16,14 +16,12 @@ import argparse
 
 import numpy as np
 import torch
+from blackjack_hands import decision_states, first_hands, hand_turn
 
 from vlmq_core.critic import CriticHead, init_constant
 from vlmq_core.envs import make_env
 from vlmq_core.envs.blackjack import action_values
 from vlmq_core.model import load_checkpoint
-from vlmq_core.objective import reply_heads
-from vlmq_core.tokens import build_batch
-from vlmq_core.turns import Turn
 
 SIGMA = 10.0  # PopArt's initial sigma (popart_init_nu 100), which barely moves in a CPU run
 
@@ -39,21 +37,13 @@ def main() -> None:
     policy.eval()
     env = make_env("Blackjack")
     turns, outcome, exact = [], [], []
-    for s in range(args.seed, args.seed + args.hands):
-        obs, info = env.reset(seed=s)
-        st = info["state"]
+    for s, prompt, st in first_hands(args.seed, args.hands, env):
         exact.append(float(action_values(st["player_sum"], st["usable_ace"], st["dealer_showing"])[0]))
-        turns.append(Turn(f"p{s}", 0, "Blackjack", obs["prompt"], None, "[action] stand", 0.0, True))
+        turns.append(hand_turn(s, prompt, "stand"))
+        env.reset(seed=s)
         outcome.append(float(env.step("[action] stand")[1]))
-    feats = []
     with torch.no_grad():
-        for i in range(0, len(turns), 32):
-            chunk = [(t, None) for t in turns[i : i + 32]]
-            batch = build_batch(policy, chunk)
-            h = reply_heads(policy, batch).h.float()
-            last = torch.stack([(batch.turn_idx == k).nonzero().squeeze(1)[-2] for k in range(len(chunk))])
-            feats.append(policy.whiten(h[last]))
-    x = torch.cat(feats)
+        x = policy.whiten(decision_states(policy, turns, chunk=32))
     torch.set_num_threads(1)  # a 400-wide head: thread hand-offs would cost more than the arithmetic
     y_noisy, y_exact = torch.tensor(outcome), torch.tensor(exact)
     n = int(0.7 * len(x))

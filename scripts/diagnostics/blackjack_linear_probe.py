@@ -14,13 +14,10 @@ import argparse
 
 import numpy as np
 import torch
+from blackjack_hands import decision_states, first_hands, hand_turn
 
-from vlmq_core.envs import make_env
 from vlmq_core.envs.blackjack import action_values
 from vlmq_core.model import load_checkpoint
-from vlmq_core.objective import reply_heads
-from vlmq_core.tokens import build_batch
-from vlmq_core.turns import Turn
 
 
 def main() -> None:
@@ -31,29 +28,20 @@ def main() -> None:
     args = ap.parse_args()
     policy = load_checkpoint(args.checkpoint)
     policy.eval()
-    env = make_env("Blackjack")
-    turns, gaps = [], []
-    for s in range(args.seed, args.seed + args.hands):
-        obs, info = env.reset(seed=s)
-        st = info["state"]
+    hands = first_hands(args.seed, args.hands)
+    turns = [hand_turn(s, prompt, "stand") for s, prompt, _ in hands]
+    gaps = []
+    for _, _, st in hands:
         stand, hit = action_values(st["player_sum"], st["usable_ace"], st["dealer_showing"])
-        turns.append(Turn(f"p{s}", 0, "Blackjack", obs["prompt"], None, "[action] stand", 0.0, True))
         gaps.append(float(stand - hit))
-    raw, white = [], []
+    raw = decision_states(policy, turns, chunk=16)
     with torch.no_grad():
-        for i in range(0, len(turns), 16):
-            chunk = [(t, None) for t in turns[i : i + 16]]
-            batch = build_batch(policy, chunk)
-            h = reply_heads(policy, batch).h.float()
-            for k in range(len(chunk)):
-                j = (batch.turn_idx == k).nonzero().squeeze(1)[-2]  # predicts "stand" (the stop token is last)
-                raw.append(h[j])
-                white.append(policy.whiten(h[j][None])[0])
+        white = policy.whiten(raw)
     y = np.array(gaps)
     n, tr = len(y), int(0.7 * len(y))
     print(f"{n} hands; optimal action is stand in {(y[tr:] > 0).mean():.1%} of the {n - tr} test hands")
     for name, feats in (("raw", raw), ("whitened", white)):
-        x = torch.stack(feats).double().numpy()
+        x = feats.double().numpy()
         x = (x - x[:tr].mean(0)) / (x[:tr].std(0) + 1e-6)
         for lam in (1.0, 10.0, 100.0):
             w = np.linalg.solve(x[:tr].T @ x[:tr] + lam * np.eye(x.shape[1]), x[:tr].T @ (y[:tr] - y[:tr].mean()))

@@ -12,12 +12,11 @@ import argparse
 from collections import defaultdict
 
 import numpy as np
+from blackjack_hands import first_hands, hand_turn
 
-from vlmq_core.envs import make_env
-from vlmq_core.envs.oracles import OracleConfig, oracle_reply
+from vlmq_core.envs.blackjack import optimal_action
 from vlmq_core.inspector import token_views
 from vlmq_core.model import load_checkpoint
-from vlmq_core.turns import Turn
 
 
 def main() -> None:
@@ -28,14 +27,10 @@ def main() -> None:
     args = ap.parse_args()
     policy = load_checkpoint(args.checkpoint)
     rows = defaultdict(list)
-    env = make_env("Blackjack")
     turns, labels = [], []
-    for s in range(args.seed, args.seed + args.seeds):
-        obs, info = env.reset(seed=s)
-        st = info["state"]
-        best = oracle_reply(env, np.random.default_rng(0), OracleConfig()).split()[-1]
-        for action in ("hit", "stand"):
-            turns.append(Turn(f"p{s}", 0, "Blackjack", obs["prompt"], None, f"[action] {action}", 0.0, True))
+    for s, prompt, st in first_hands(args.seed, args.seeds):
+        turns += [hand_turn(s, prompt, "hit"), hand_turn(s, prompt, "stand")]
+        best = ("stand", "hit")[optimal_action(st["player_sum"], st["usable_ace"], st["dealer_showing"])]
         labels.append((st["player_sum"], st["usable_ace"], best))
     views = []
     for i in range(0, len(turns), 16):
