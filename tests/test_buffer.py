@@ -420,21 +420,3 @@ def test_has_episode_follows_adds_the_cap_and_a_reopen(tmp_path):
     assert not buf.has_episode("a") and buf.has_episode("b") and buf.has_episode("c")
     again = TurnBuffer(tmp_path, max_turns=4)
     assert [again.has_episode(e) for e in "abc"] == [False, True, True]
-
-
-def test_episode_rest_is_the_held_rest_of_a_complete_episode(tmp_path):
-    """``episode_rest``: the later turns through the done one ([] for a done turn); None when the episode never
-    ended in the buffer or a turn between is missing; recomputed after an add and after the cap."""
-    a = make_episode("a", 3)
-    cut = [make_turn("cut", 0), make_turn("cut", 1)]  # never done
-    gap = [make_turn("gap", 0), make_turn("gap", 2, done=True)]  # turn 1 missing
-    buf = TurnBuffer(tmp_path, max_turns=9, shard_size=100)
-    buf.add([a[0], cut[0], a[1], gap[0], cut[1], a[2], gap[1]])
-    assert buf.episode_rest(a[0]) == [a[1], a[2]] and buf.episode_rest(a[1]) == [a[2]]
-    assert buf.episode_rest(a[2]) == []
-    assert buf.episode_rest(cut[0]) is None and buf.episode_rest(cut[1]) is None
-    assert buf.episode_rest(gap[0]) is None and buf.episode_rest(gap[1]) == []
-    buf.add([make_turn("cut", 2, done=True)])
-    assert [t.t for t in buf.episode_rest(cut[0])] == [1, 2]
-    buf.add(numbered(3))  # the cap drops a[0], cut[0] and a[1]: the held rest of cut[1] stays whole
-    assert buf.episode_rest(a[0]) is None and [t.t for t in buf.episode_rest(cut[1])] == [2]

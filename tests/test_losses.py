@@ -157,11 +157,3 @@ def test_beta_schedule():
     assert losses.beta_schedule(10, 10, beta=0.5) == 0.5
     assert losses.beta_schedule(1000, 10, beta=0.5) == 0.5
     assert losses.beta_schedule(0, 0) == 0.0
-
-
-def test_mc_return_by_hand():
-    """G_t = sum_k gamma^(s_k) r_k over the zero-padded rest of each turn's episode."""
-    rewards = torch.tensor([[1.0, 0.0, 2.0], [-1.0, 0.0, 0.0]])
-    steps = torch.tensor([[0.0, 3.0, 5.0], [0.0, 0.0, 0.0]])
-    g = losses.mc_return(rewards, steps, 0.9)
-    assert torch.allclose(g, torch.tensor([1.0 + 0.9**5 * 2.0, -1.0]))

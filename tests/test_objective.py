@@ -4,7 +4,6 @@ not, the TD targets and both advantages."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from vlmq_core.inspector import token_views
 from vlmq_core.losses import LossConfig
 from vlmq_core.model import Policy
 from vlmq_core.objective import minibatch_loss, reply_heads, td_targets
-from vlmq_core.tokens import build_batch, encode_reply
+from vlmq_core.tokens import build_batch
 
 
 def compute_loss(policy, batch, cfg: LossConfig, beta: float):
@@ -318,35 +317,3 @@ def test_td_advantage_is_target_minus_value(text_turns):
     assert 0.0 < stats["actor/kept_frac"] < 1.0
     with pytest.raises(ConfigError, match="advantage"):
         LossConfig(advantage="gae")
-
-
-def test_mc_advantage_is_the_data_return_minus_value(text_turns):
-    """``advantage="mc"``: token j of turn t (l reply tokens) carries G = gamma^(l-1-j) sum_k gamma^(s_k) r_k, the
-    discounted rewards of the rest of its episode (s_k token transitions away), computed here from the turns'
-    replies; the filter reads normalise(G) - V_bar; a turn whose rest is not held falls back to the TD target;
-    a batch without the rests is one clear error."""
-    policy = make_policy("llama")
-    policy.eval()
-    turns = [replace(t, reward=float(i) - 1.5) for i, t in enumerate(text_turns)]
-    trans = transitions(turns)
-    rests = [turns[i + 1 :] for i in range(len(turns))]
-    rests[1] = None  # an episode cut short: no return
-    cfg = LossConfig(advantage="mc", gamma=0.9)
-    batch = build_batch(policy, trans, rests)
-    lengths = [len(encode_reply(policy, t.reply)) for t in turns]
-    with torch.no_grad():
-        heads = reply_heads(policy, batch, critic=True)
-        targets = td_targets(policy, batch, heads, cfg)
-    want = []
-    for t in range(len(turns)):
-        g_stop = sum(0.9 ** sum(lengths[t + 1 : k + 1]) * turns[k].reward for k in range(t, len(turns)))
-        want += [0.9 ** (lengths[t] - 1 - j) * g_stop for j in range(lengths[t])]
-    want = torch.tensor(want)
-    cut = batch.turn_idx == 1
-    assert torch.allclose(targets.g[~cut], want[~cut], atol=1e-5)
-    assert torch.equal(targets.g[cut], targets.y[cut]) and not torch.allclose(want[cut], targets.y[cut])
-    views = token_views(policy, trans, loss=cfg, rests=rests)
-    got = torch.tensor([a for view in views for a in view.advantage])
-    assert torch.allclose(got, policy.popart.normalize(targets.g) - policy.popart.normalize(targets.v_bar), atol=1e-5)
-    with pytest.raises(ValueError, match="episode_rest"):
-        token_views(policy, trans, loss=cfg)

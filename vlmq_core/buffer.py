@@ -164,7 +164,6 @@ class TurnBuffer:
         self._next_index = 0
         self._transitions: list[Transition] | None = None
         self._episode_ids: set[str] | None = None
-        self._rests: dict[tuple[str, int], tuple[list[Turn], int] | None] | None = None
         self.path.mkdir(parents=True, exist_ok=True)
         self._load()
         self._apply_cap()
@@ -213,7 +212,7 @@ class TurnBuffer:
             self._shards[0] = (shard, n - rest)
         _fsync_dir(self.path)
         del self._turns[:excess]
-        self._transitions = self._episode_ids = self._rests = None
+        self._transitions = self._episode_ids = None
 
     def _compact(self, min_shards: int) -> None:
         """Merge the trailing shards smaller than `shard_size` into one, when there are at least `min_shards`."""
@@ -246,7 +245,7 @@ class TurnBuffer:
         self._next_index += 1
         self._shards.append((shard, len(turns)))
         self._turns.extend(turns)
-        self._transitions = self._rests = None
+        self._transitions = None
         if self._episode_ids is not None:  # kept up to date: an online run asks after every finished episode
             self._episode_ids.update(turn.episode_id for turn in turns)
         self._compact(self.compact_every)
@@ -301,20 +300,6 @@ class TurnBuffer:
                     pairs.append((turn, nxt))
             self._transitions = pairs
         return self._transitions
-
-    def episode_rest(self, turn: Turn) -> list[Turn] | None:
-        """The turns after `turn` in its episode, through the episode's ``done`` turn ([] when `turn` is done), or
-        None when they are not all held (an episode cut by a killed collection): what a Monte-Carlo return
-        from `turn` needs (``LossConfig.advantage == "mc"``). Cached until the next change."""
-        if self._rests is None:
-            self._rests = {}
-            for turns in self.episodes().values():
-                complete = turns[-1].done  # and every turn from i on held, checked walking back
-                for i in range(len(turns) - 1, -1, -1):
-                    self._rests[(turns[i].episode_id, turns[i].t)] = (turns, i) if complete else None
-                    complete = complete and (i == 0 or turns[i - 1].t + 1 == turns[i].t)
-        held = self._rests.get((turn.episode_id, turn.t))
-        return None if held is None else held[0][held[1] + 1 :]
 
     def sample(self, n: int, rng: np.random.Generator) -> list[Transition]:
         """Draw `n` transitions uniformly with replacement."""

@@ -15,7 +15,7 @@ from vlmq_core.losses import LossConfig
 from vlmq_core.model import Policy
 from vlmq_core.objective import filter_advantage, reply_heads, td_targets
 from vlmq_core.tokens import build_batch
-from vlmq_core.turns import Transition, Turn
+from vlmq_core.turns import Transition
 
 
 @dataclass
@@ -39,8 +39,7 @@ class TokenView:
     reward: float
     title: str = ""
     td_target: list[float] | None = None
-    """The taken token's TD target y, or its return G with advantage ``mc`` (unnormalised), when the filter read
-    ``y - V_bar`` or ``G - V_bar`` (``LossConfig.advantage``)."""
+    """The taken token's TD target y (unnormalised) when the filter read ``y - V_bar`` (``LossConfig.advantage``)."""
 
     def __post_init__(self) -> None:
         n = len(self.tokens)
@@ -51,28 +50,22 @@ class TokenView:
 
 @torch.no_grad()
 def token_views(
-    policy: Policy,
-    transitions: list[Transition],
-    beta: float = 0.0,
-    loss: LossConfig | None = None,
-    rests: list[list[Turn] | None] | None = None,
+    policy: Policy, transitions: list[Transition], beta: float = 0.0, loss: LossConfig | None = None
 ) -> list[TokenView]:
     """One :class:`TokenView` per turn, as the filter of `loss` sees it at the policy's current state: per reply
     token (stop token last) its advantage (``Q - V`` by default (Eq. 5), ``(y - V_bar) / sigma`` with
     ``loss.advantage == "td"``), unnormalised Q(h, a), the V that advantage subtracts, the TD target y (``td``
-    only), log pi(a|h) and the Eq. 4 mask at `beta`. Changes nothing. ``loss.advantage == "mc"`` needs `rests`
-    (``TurnBuffer.episode_rest`` of each turn); its views carry G in ``td_target``."""
+    only), log pi(a|h) and the Eq. 4 mask at `beta`. Changes nothing."""
     loss = loss or LossConfig()
     was_training = policy.training
     policy.eval()
-    batch = build_batch(policy, transitions, rests)
+    batch = build_batch(policy, transitions)
     heads = reply_heads(policy, batch, critic=True)
     targets = td_targets(policy, batch, heads, loss)
     adv = filter_advantage(policy, heads, heads.q, targets, loss)  # (N,)
     keep = losses.advantage_filter(adv, beta)
     q_un = policy.popart.denormalize(heads.q.gather(1, batch.tokens[:, None]).squeeze(1).float())
-    td = loss.advantage in ("td", "mc")
-    y = targets.g if loss.advantage == "mc" else targets.y
+    td = loss.advantage == "td"
     v_un = targets.v_bar if td else policy.popart.denormalize(losses.expected_value(heads.logits, heads.q))
     policy.train(was_training)
     views = []
@@ -85,7 +78,7 @@ def token_views(
                 q_taken=q_un[idx].tolist(),
                 value=v_un[idx].tolist(),
                 logp=heads.logp[idx].tolist(),
-                td_target=y[idx].tolist() if td else None,
+                td_target=targets.y[idx].tolist() if td else None,
                 kept=keep[idx].tolist(),
                 prompt=turn.prompt,
                 reply=turn.reply,
@@ -102,7 +95,6 @@ def filter_summary(
     beta: float = 0.0,
     chunk: int = 8,
     loss: LossConfig | None = None,
-    rests: list[list[Turn] | None] | None = None,
 ) -> dict[str, float]:
     """What the AFSFT filter (Eq. 4) keeps on `transitions`, split the way that shows whether it helps:
 
@@ -111,14 +103,12 @@ def filter_summary(
     - ``filter/kept_action_good`` / ``filter/kept_action_bad``: the action token (the last one before the stop
       token) of valid replies whose turn reward is >= 0 / < 0 (a good filter keeps the first, drops the second);
     - ``filter/kept_invalid``: tokens of invalid replies.
-    NaN where a group is empty. ``loss`` picks the advantage the filter reads (``LossConfig.advantage``; ``mc``
-    needs `rests`, as :func:`token_views`).
+    NaN where a group is empty. ``loss`` picks the advantage the filter reads (``LossConfig.advantage``).
     """
     groups: dict[str, list[bool]] = {k: [] for k in ("all", "format", "action_good", "action_bad", "invalid")}
     for start in range(0, len(transitions), chunk):
         part = transitions[start : start + chunk]
-        part_rests = None if rests is None else rests[start : start + chunk]
-        for (turn, _), view in zip(part, token_views(policy, part, beta, loss, part_rests), strict=True):
+        for (turn, _), view in zip(part, token_views(policy, part, beta, loss), strict=True):
             groups["all"] += view.kept
             if not turn.valid:
                 groups["invalid"] += view.kept

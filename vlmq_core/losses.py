@@ -32,12 +32,9 @@ class LossConfig:
     td_steps: int = 1
     """Token transitions before the critic target bootstraps inside a reply (:func:`nstep_target`; ours). 1 is
     Eq. 6; a value above the longest reply gives every reply token the turn's target (r_t + the next turn)."""
-    advantage: Literal["q", "td", "mc"] = "q"
+    advantage: Literal["q", "td"] = "q"
     """Advantage the filter reads: ``q`` is the paper's ``Q(h, a) - V(h)`` (Eq. 5); ``td`` is ``y - V_bar(h)``, the
-    taken token's (n-step) TD target minus the target critic's value (:func:`td_advantage`; ours, docs/PAPER_MAP.md);
-    ``mc`` is ``G - V_bar(h)`` with G the token's discounted return to the end of its episode in the data
-    (:func:`mc_return`; ours): no bootstrapping, so it needs no critic that has learned the next states' values.
-    The critic trains on Eq. 6's targets either way."""
+    taken token's (n-step) TD target minus the target critic's value (:func:`td_advantage`; ours, docs/PAPER_MAP.md)."""
 
     def __post_init__(self) -> None:
         check_fields(self, "loss.")
@@ -133,17 +130,6 @@ def nstep_target(y1: torch.Tensor, turn_idx: torch.Tensor, n: int, gamma: float)
     pos = idx - starts[turn_idx]  # (N,) position j inside the turn
     m = torch.clamp(counts[turn_idx] - pos, max=n)  # (N,) steps until the bootstrap
     return (gamma ** (m - 1).to(y1.dtype) * y1[idx + m - 1]).detach()
-
-
-def mc_return(rest_rewards: torch.Tensor, rest_steps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """The discounted return of each turn from its stop token: ``G_t = sum_k gamma^(s_k) r_k`` over the turn's own
-    reward and every later one of its episode, ``s_k`` token transitions away (0 for r_t; one per reply token
-    after, the stop token's included, as Eq. 6 discounts them). Ours (``LossConfig.advantage == "mc"``): the
-    returns of the data's continuation, not of pi's (as the n-step targets). No gradient.
-
-    rest_rewards, rest_steps: (B, K), zero-padded -> (B,)
-    """
-    return (gamma ** rest_steps.double() * rest_rewards.double()).sum(1).float().detach()
 
 
 def critic_loss(q_taken: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

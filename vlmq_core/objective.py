@@ -16,7 +16,6 @@ Pseudo-code of one training step (METHOD.md); the lines between the rules are st
     L_Q    = mean (Q(h, a) - normalise(y))^2                         # Eq. 6
     A      = Q(h, a) - sum_a pi(a|h) Q(h, a)                         # Eq. 5 (advantage "q"), no gradient
            | (y - V_bar(h)) / sigma                                  # advantage "td" (ours), no gradient
-           | (G - V_bar(h)) / sigma, G the data's return to the end   # advantage "mc" (ours), no gradient
     L_act  = - sum 1[A >= beta] log pi(a|h) / N                      # Eq. 4-5 (beta = -inf: Eq. 3) | max-Q
     L      = L_act + lambda L_Q                                      # Eq. 7
     ------------------------------------------------------------------------------------------------------
@@ -63,9 +62,6 @@ class Targets:
     """(N,) unnormalised TD targets of the taken tokens (Eq. 6, or their n-step form)."""
     v_bar: torch.Tensor
     """(N,) unnormalised ``V_bar(h) = sum_a pi(a|h) Q_bar(h, a)`` at each reply position."""
-    g: torch.Tensor | None = None
-    """(N,) the taken tokens' Monte-Carlo returns ``gamma^(l-1-j) G_t`` (advantage ``mc`` only); y where the
-    turn's episode is not all held."""
 
 
 def reply_hidden(policy: Policy, batch: TokenBatch) -> torch.Tensor:
@@ -111,29 +107,16 @@ def td_targets(policy: Policy, batch: TokenBatch, heads: ReplyHeads, cfg: LossCo
         next_v[stops] = v[N:]
     y = losses.td_target(batch.token_rewards(), batch.token_dones(), next_v, cfg.gamma)  # (N,)
     y = losses.nstep_target(y, batch.turn_idx, cfg.td_steps, cfg.gamma)  # td_steps = 1: Eq. 6 as is
-    g = None
-    if cfg.advantage == "mc":
-        if batch.rest_rewards is None:
-            raise ValueError(
-                'loss.advantage="mc" needs each turn\'s episode: build the batch with '
-                "rests=[buffer.episode_rest(turn) for turn, _ in transitions]."
-            )
-        g_turn = losses.mc_return(batch.rest_rewards, batch.rest_steps, cfg.gamma)  # (B,) from each stop token
-        g = losses.nstep_target(torch.where(batch.is_last, g_turn[batch.turn_idx], 0.0), batch.turn_idx, N, cfg.gamma)
-        g = torch.where(batch.has_rest[batch.turn_idx], g, y)
-    return Targets(y=y, v_bar=v[:N], g=g)
+    return Targets(y=y, v_bar=v[:N])
 
 
 def filter_advantage(
     policy: Policy, heads: ReplyHeads, q: torch.Tensor, targets: Targets, cfg: LossConfig
 ) -> torch.Tensor:
     """The advantage the filter reads, PopArt-normalised, no gradient: Eq. 5's ``Q(h, a) - V(h)`` (``q``, the
-    online critic's values q (N, V)), ``(y - V_bar(h)) / sigma`` (``td``, ours) or ``(G - V_bar(h)) / sigma``
-    (``mc``, ours). -> (N,)."""
+    online critic's values q (N, V)) or ``(y - V_bar(h)) / sigma`` (``td``, ours). -> (N,)."""
     if cfg.advantage == "td":
         return losses.td_advantage(targets.y, targets.v_bar, policy.popart.sigma)
-    if cfg.advantage == "mc":
-        return losses.td_advantage(targets.g, targets.v_bar, policy.popart.sigma)
     q_taken = q.gather(1, heads.taken[:, None]).squeeze(1)
     return losses.q_advantage(q_taken, heads.logits, q)
 

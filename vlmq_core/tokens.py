@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmq_core.model import Policy
-from vlmq_core.turns import Transition, Turn
+from vlmq_core.turns import Transition
 
 
 @dataclass
@@ -41,14 +41,6 @@ class TokenBatch:
     """(B',) flat index of the last position of each next prompt: h_{t+1}^0 (Eq. 2)."""
     next_turn_idx: torch.Tensor
     """(B',) which turn each next prompt follows."""
-    rest_rewards: torch.Tensor | None = None
-    """(B, K) r_t, r_{t+1}, ... to the end of each turn's episode, zero-padded (``build_batch(rests=...)`` only,
-    for Monte-Carlo returns: ``LossConfig.advantage == "mc"``)."""
-    rest_steps: torch.Tensor | None = None
-    """(B, K) token transitions from turn t's stop token to the stop token of each reward in `rest_rewards`: 0,
-    l_{t+1}, l_{t+1} + l_{t+2}, ... (``l`` reply tokens with the stop token; after a stop token comes h_{t+1}^0)."""
-    has_rest: torch.Tensor | None = None
-    """(B,) bool: the episode's rest is held, so the turn's return is known (else its row is zeros)."""
 
     @property
     def num_tokens(self) -> int:
@@ -101,12 +93,8 @@ def collate(policy: Policy, encoded: list[dict[str, torch.Tensor]]) -> dict[str,
     return {k: v.to(policy.device) for k, v in out.items()}
 
 
-def build_batch(
-    policy: Policy, transitions: list[Transition], rests: list[list[Turn] | None] | None = None
-) -> TokenBatch:
-    """Convert turn transitions ``(turn, next_turn)`` to a :class:`TokenBatch` (Eq. 1-2 inputs). With `rests` (per
-    transition, the later turns of its episode through the done one, or None when not held:
-    ``TurnBuffer.episode_rest``), also what Monte-Carlo returns need (``rest_rewards``, ``rest_steps``)."""
+def build_batch(policy: Policy, transitions: list[Transition]) -> TokenBatch:
+    """Convert turn transitions ``(turn, next_turn)`` to a :class:`TokenBatch` (Eq. 1-2 inputs)."""
     encoded, pred_pos, tokens, turn_idx, is_last = [], [], [], [], []
     for b, (turn, _) in enumerate(transitions):
         enc = encode_prompt(policy, turn.prompt, turn.pil_image())
@@ -138,21 +126,6 @@ def build_batch(
         lengths = torch.tensor([e["input_ids"].shape[1] for e in next_enc])
         next_last = torch.arange(len(nxt)) * next_inputs["input_ids"].shape[1] + lengths - 1
     dev = policy.device
-    rest_rewards = rest_steps = has_rest = None
-    if rests is not None:
-        if len(rests) != len(transitions):
-            raise ValueError(f"build_batch: {len(rests)} rests for {len(transitions)} transitions")
-        K = 1 + max((len(r) for r in rests if r is not None), default=0)
-        rest_rewards, rest_steps = torch.zeros(len(rests), K), torch.zeros(len(rests), K)
-        has_rest = torch.tensor([r is not None for r in rests])
-        for b, rest in enumerate(rests):
-            if rest is None:
-                continue
-            later = [turn.reward for turn in rest]
-            lengths = [len(encode_reply(policy, turn.reply)) for turn in rest]
-            rest_rewards[b, : 1 + len(rest)] = torch.tensor([transitions[b][0].reward, *later])
-            rest_steps[b, : 1 + len(rest)] = torch.tensor([0, *lengths]).cumsum(0).float()
-        rest_rewards, rest_steps, has_rest = rest_rewards.to(dev), rest_steps.to(dev), has_rest.to(dev)
     return TokenBatch(
         inputs=inputs,
         pred_pos=pred.to(dev),
@@ -164,7 +137,4 @@ def build_batch(
         next_inputs=next_inputs,
         next_last_pos=next_last.to(dev),
         next_turn_idx=torch.tensor([b for b, _ in nxt], dtype=torch.long, device=dev),
-        rest_rewards=rest_rewards,
-        rest_steps=rest_steps,
-        has_rest=has_rest,
     )

@@ -161,9 +161,7 @@ class Trainer:
         use_bf16 = cfg.bf16 and policy.device.type == "cuda"
         sums: dict[str, float] = {}
         for _ in range(cfg.grad_accum):
-            transitions = self.buffer.sample(cfg.batch_size, self.rng)
-            rests = [self.buffer.episode_rest(t) for t, _ in transitions] if loss_cfg.advantage == "mc" else None
-            batch = build_batch(policy, transitions, rests)
+            batch = build_batch(policy, self.buffer.sample(cfg.batch_size, self.rng))
             with torch.autocast(device_type=policy.device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 heads = reply_heads(policy, batch)  # Eq. 1
                 targets = td_targets(policy, batch, heads, loss_cfg) if loss_cfg.uses_critic else None  # Eq. 2, 6
