@@ -107,6 +107,8 @@ def test_an_online_run_explores_per_turn_evaluates_apart_and_documents_every_met
     run = tmp_path / "run"
     rows = load_history(run, key="epoch")
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    for line in (run / "metrics.jsonl").read_text().splitlines():  # strict JSON: no NaN, which jq or JS reject
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"metrics.jsonl holds {c}"))
     assert [r["online/updates"] for r in rows] == [2, 4, 6, 8]
     assert "online/epsilon" not in rows[0] and rows[0]["online/env_steps"] == 0  # the offline epoch
     assert [r["online/env_steps"] for r in rows[1:]] == [9, 18, 27]  # 3 steps x 3 environments per epoch

@@ -132,3 +132,17 @@ def test_a_dataset_written_with_one_model_trains_another(tmp_path):
     assert h[-1]["train/reply_tokens"] > 0
     after = trainable(reader)
     assert all(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_undefined_metrics_are_written_as_null_and_read_back_as_nan(tmp_path):
+    """Rows go out as strict JSON (a NaN metric becomes null, nested ones too) and ``load_history`` gives NaN back,
+    so a run's metrics file opens in jq or a browser and a resumed run still sees floats."""
+    import math
+
+    from vlmq_core.config import json_text
+
+    row = {"epoch": 1, "online/agent_valid": math.nan, "x": [1.0, math.inf], "by": {"a": -math.inf, "b": 2}}
+    assert json_text(row) == '{"epoch": 1, "online/agent_valid": null, "x": [1.0, null], "by": {"a": null, "b": 2}}'
+    (tmp_path / "metrics.jsonl").write_text(json_text(row) + "\n")
+    back = load_history(tmp_path, key="epoch")
+    assert len(back) == 1 and math.isnan(back[0]["online/agent_valid"]) and back[0]["epoch"] == 1

@@ -18,6 +18,8 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import json
+import math
 import os
 import re
 import textwrap
@@ -279,6 +281,23 @@ def load(
 def dumps(cfg: Any) -> str:
     """The config as YAML text (every field, in declaration order)."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """`obj` as strict JSON: a float that is not finite (NaN: a metric undefined in that row, such as the agent's
+    valid-syntax rate in an epoch without agent turns) is written as ``null``, which every JSON reader accepts
+    (Python's default ``NaN`` is not JSON). :func:`vlmq_core.trainer.load_history` reads ``null`` back as NaN."""
+
+    def finite(x: Any) -> Any:
+        if isinstance(x, float):
+            return x if math.isfinite(x) else None
+        if isinstance(x, Mapping):
+            return {k: finite(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [finite(v) for v in x]
+        return x
+
+    return json.dumps(finite(obj), indent=indent, allow_nan=False)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -507,7 +507,7 @@ def run_online(cfg: RunConfig, progress: bool = True) -> OnlineResult:
     distributed.barrier()  # every process has read the checkpoint and the history before rank 0 writes
     reporter = None
     if main:
-        config.write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+        config.write_text_atomic(run_dir / "metrics.jsonl", "".join(config.json_text(m) + "\n" for m in history))
         config.save(cfg, run_dir / "config.yaml")
         reporter = Reporter(run_dir, cfg.train.report_to, config.to_dict(cfg), start=state.epoch)
     oracle_cfg = OracleConfig(explore.corrupt_rate)
@@ -561,7 +561,7 @@ def run_online(cfg: RunConfig, progress: bool = True) -> OnlineResult:
             if main:
                 # the row first: a kill before the checkpoint lands leaves a row that resuming drops and rewrites
                 with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                    f.write(config.json_text(row) + "\n")
                 online_state = {"world_size": world, "ranks": ranks}
                 folder = write_checkpoint(
                     run_dir, policy, {"trainer.pt": trainer.state_dict(), "online.pt": online_state}

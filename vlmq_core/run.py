@@ -105,8 +105,8 @@ def notebook_configs(
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write `obj` as indented JSON atomically (temp file + rename)."""
-    return config.write_text_atomic(path, json.dumps(obj, indent=2))
+    """Write `obj` as indented strict JSON (NaN as null: ``config.json_text``) atomically (temp file + rename)."""
+    return config.write_text_atomic(path, config.json_text(obj, indent=2))
 
 
 # ---- the dataset ---------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ Metrics are one namespaced dict per update (definitions: ``docs/METRICS.md``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -262,7 +263,7 @@ class Trainer:
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+                f.write(config.json_text(metrics) + "\n")
         if self.reporter is not None:
             self.reporter.log(metrics, step=self.step)
 
@@ -316,7 +317,7 @@ class Trainer:
         self.history = load_history(self.run_dir, up_to=self.step)
         distributed.barrier()  # every process has read the history before the main one rewrites it
         if distributed.is_main():
-            rows = "".join(json.dumps(m) + "\n" for m in self.history)
+            rows = "".join(config.json_text(m) + "\n" for m in self.history)
             config.write_text_atomic(self.run_dir / "metrics.jsonl", rows)
         return True
 
@@ -349,7 +350,7 @@ def find_checkpoint(run_dir: str | os.PathLike, marker: str = "trainer.pt") -> P
 
 def load_history(run_dir: str | os.PathLike, up_to: int | None = None, key: str = "step") -> list[dict[str, float]]:
     """Read ``metrics.jsonl`` of a run (ignoring a torn last line); keep rows whose `key` (``step``: the update,
-    ``epoch`` in online runs) is ``<= up_to`` if given."""
+    ``epoch`` in online runs) is ``<= up_to`` if given. A ``null`` (a metric undefined in its row) reads as NaN."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
@@ -360,5 +361,5 @@ def load_history(run_dir: str | os.PathLike, up_to: int | None = None, key: str 
         except json.JSONDecodeError:
             continue  # a line cut by a kill
         if up_to is None or m[key] <= up_to:
-            out.append(m)
+            out.append({k: math.nan if v is None else v for k, v in m.items()})
     return out
