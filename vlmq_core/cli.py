@@ -5,6 +5,7 @@
     vlmq online  --config configs/numberline_online.yaml                # offline, then online (resumes too)
     vlmq online  --resume runs/numberline/online                        # continue a run with its own config
     vlmq eval runs/numberline/afsft --episodes 100 --seed 20000          # score a checkpoint (or `base`)
+    vlmq batch notebooks/03_offline_afsft.ipynb -o train.seed 0,1 -o loss.actor sft,afsft  # a papermill grid
 
 Also ``python -m vlmq_core.cli``, so ``accelerate launch -m vlmq_core.cli train ...`` works. Overrides are dotted
 ``key=value`` pairs (values read as YAML); ``vlmq train --help`` lists every key with its help. A bad value or an
@@ -105,6 +106,34 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="JSON file to write (default: <run_dir>/eval-<task>-s<seed>-n<episodes>.json)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the config")
+    from vlmq_core import batch
+
+    ba = sub.add_parser(
+        "batch",
+        help="run notebooks over a grid of parameters (papermill), then a summary table",
+        description=batch.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ba.add_argument("notebooks", nargs="+", metavar="NOTEBOOK", help="notebooks to run (.ipynb)")
+    ba.add_argument(
+        "-p", dest="params", nargs=2, action="append", default=[], metavar=("NAME", "VALUES"),
+        help="a notebook parameter and its comma-separated values (YAML), e.g. -p sections [numberline],[babyai]",
+    )  # fmt: skip
+    ba.add_argument(
+        "-o", dest="grid_overrides", nargs=2, action="append", default=[], metavar=("KEY", "VALUES"),
+        help="a run-config key and its values, appended as KEY=V to the notebook's overrides, e.g. -o train.seed 0,1",
+    )  # fmt: skip
+    ba.add_argument("--name", help="the batch's folder name (default: notebook numbers and grid names)")
+    ba.add_argument("--out", default="nbs_outputs/batch", help="where batches go (default nbs_outputs/batch)")
+    ba.add_argument("--jobs", type=int, help="cells at a time (default: one per 2 cores, as free memory allows)")
+    ba.add_argument("--mem-per-job", type=float, default=4.0, help="GB a cell needs, for the default --jobs (4)")
+    ba.add_argument(
+        "--metrics", default=",".join(batch.DEFAULT_METRICS),
+        help="comma-separated patterns of the metrics files' dotted keys to summarize (default: %(default)s)",
+    )  # fmt: skip
+    ba.add_argument("--kernel", default="python3", help="Jupyter kernel (default python3)")
+    ba.add_argument("--list", action="store_true", help="list the cells and their states; run nothing")
+    ba.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -191,20 +220,41 @@ def _eval(args) -> int:
     return 0
 
 
+def _batch(args) -> int:
+    from vlmq_core import batch
+
+    grid = batch.build_grid(args.notebooks, args.params, args.grid_overrides, args.out, args.name)
+    if args.list:
+        for cell in grid.cells:
+            print(f"{cell.state():<8} {cell.label}  {json.dumps(cell.coords)}")
+        return 0
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    result = batch.run_batch(
+        grid, args.jobs, args.mem_per_job, args.kernel, metrics, progress=not args.quiet, cwd=Path.cwd()
+    )
+    print(result.summary.read_text())
+    print(
+        f"batch {grid.name}: {len(result.ran)} ran, {len(result.skipped)} already done, {len(result.failed)} failed; "
+        f"summary: {result.summary} (and .json, .html)"
+    )
+    return 1 if result.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vlmq`` console script; returns the exit status (2 for a bad config or argument)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # overrides may come before or after options
-    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a or args.command == "batch"]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.overrides = [*args.overrides, *extra]
+    args.overrides = [*getattr(args, "overrides", []), *extra]
     from vlmq_core.buffer import BufferError
     from vlmq_core.collect import ResumeError
     from vlmq_core.model import ModelLoadError
 
     try:
-        return {"collect": _collect, "train": _train, "online": _online, "eval": _eval}[args.command](args)
+        commands = {"collect": _collect, "train": _train, "online": _online, "eval": _eval, "batch": _batch}
+        return commands[args.command](args)
     except (ConfigError, ModelLoadError) as e:  # a bad config, override, argument or model name
         print(f"vlmq {args.command}: error: {e}", file=sys.stderr)
         return 2
