@@ -50,6 +50,9 @@ class CollectConfig:
     """Maximum new tokens per reply."""
     use_images: bool = True
     """Pass the rendered image to VLMs (text-only models always get the text summary alone)."""
+    observation_text: bool = True
+    """Write the state summary into the prompt; false: a VLM sees the state in the image alone (the paper's
+    image-only prompting, Figures 4 and 8; the prompt says the state is shown in the image)."""
 
     def __post_init__(self) -> None:
         check_fields(self, "collect.")
@@ -57,6 +60,10 @@ class CollectConfig:
             task_name(self.task)
         except ValueError as e:
             raise ConfigError(f"collect.task: {e}.") from e
+        if not (self.use_images or self.observation_text):
+            raise ConfigError(
+                "collect.use_images and collect.observation_text are both false: the model would see no state."
+            )
         if self.num_envs < 1 or self.max_reply_tokens < 1 or self.temperature < 0:
             raise ConfigError(f"collect.num_envs and max_reply_tokens must be >= 1, temperature >= 0: {self}.")
 
@@ -179,7 +186,12 @@ class EnvSlots:
 
     def __init__(self, cfg: CollectConfig, n: int, policy: Policy | None = None):
         self.cfg, self.policy = cfg, policy
-        self.envs = [make_env(cfg.task) for _ in range(n)]
+        if policy is not None and not policy.is_vlm and not cfg.observation_text:
+            raise ConfigError(
+                f"collect.observation_text=false leaves {policy.name}, a text-only model, no state to read: "
+                "keep it true, or use a VLM."
+            )
+        self.envs = [make_env(cfg.task, show_text=cfg.observation_text) for _ in range(n)]
         self.slots: list[Slot | None] = [None] * n
         self.last_turns: list[Turn] = []
         """The turns the last :meth:`step` took, one per slot that was active."""

@@ -57,12 +57,17 @@ def get_task(name: str) -> TaskSpec:
 
 
 def make_env(
-    name: str, seed: int | None = None, text_config: TextActionConfig | None = None, **env_kwargs
+    name: str,
+    seed: int | None = None,
+    text_config: TextActionConfig | None = None,
+    show_text: bool = True,
+    **env_kwargs,
 ) -> TextActionEnv:
     """Build the text-action env for `name` (a short name like "NumberLine" or an id like "vlmq/NumberLine-v0").
 
     `seed` seeds the env's generator once, so the sequence of episodes from later `reset()` calls
-    (without a seed) is reproducible. `text_config` overrides the task's Table 4 defaults; `env_kwargs` go to
+    (without a seed) is reproducible. `text_config` overrides the task's Table 4 defaults; `show_text=False` keeps
+    the state summary out of the prompt (image-only prompting, for VLMs); `env_kwargs` go to
     the raw env's constructor (e.g. ``view="pov"`` for BabyAI). Unknown names raise ValueError listing the known ones.
     """
     from vlmq_core.envs.text_action import TextActionEnv
@@ -74,7 +79,13 @@ def make_env(
         inner.reset(seed=seed)
     config = text_config if text_config is not None else spec.text_config
     return TextActionEnv(
-        inner, spec.prompt, config, text_fn=spec.text_fn, parser=spec.parser, reason_fn=spec.invalid_reason
+        inner,
+        spec.prompt,
+        config,
+        text_fn=spec.text_fn,
+        parser=spec.parser,
+        reason_fn=spec.invalid_reason,
+        show_text=show_text,
     )
 
 

@@ -21,6 +21,8 @@ ACTION_TAG = "[action]"
 _TAG_RE = re.compile(re.escape(ACTION_TAG), re.IGNORECASE)
 _DECORATION = " \t\r\n`*_#>\"'"
 """Whitespace and markdown decoration stripped around the action text (never ``-`` or ``+``)."""
+IMAGE_ONLY = "shown in the image."
+"""The prompt's observation line when the text summary is withheld (``TextActionEnv(show_text=False)``)."""
 ECHO_CHARS = 40
 """At most this many characters of an invalid reply are quoted back in the error message."""
 
@@ -106,6 +108,23 @@ def parse_action(reply: str, actions: Sequence[str]) -> int | None:
     return list(actions).index(text)
 
 
+FAILURE_KINDS = ("no [action] tag", "nothing after the tag", "an action, then more text", "not a valid action")
+"""How a reply can fail the syntax, from the first check it fails (:func:`failure_kind`)."""
+
+
+def failure_kind(reply: str, actions: Sequence[str]) -> str:
+    """Which of :data:`FAILURE_KINDS` an invalid reply is: no tag; a tag with nothing after it; a valid action
+    followed by more text (``[action] + because ...``, the commonest near miss); anything else after the tag."""
+    text = _action_text(reply)
+    if text is None:
+        return FAILURE_KINDS[0]
+    if not text:
+        return FAILURE_KINDS[1]
+    if any(text.startswith(a) and text[len(a) :].strip(_DECORATION) for a in actions):
+        return FAILURE_KINDS[2]
+    return FAILURE_KINDS[3]
+
+
 def invalid_reason(reply: str, actions: Sequence[str]) -> str:
     """A short description of why `reply` is not a valid action (for the next prompt's error line)."""
     text = _action_text(reply)
@@ -139,11 +158,14 @@ class TextActionEnv(gymnasium.Wrapper):
         text_fn: Callable[[gymnasium.Env], str],
         parser: Callable[[str, Sequence[str]], int | None] = parse_action,
         reason_fn: Callable[[str, Sequence[str]], str] = invalid_reason,
+        show_text: bool = True,
     ):
         """Wrap `env`; `text_fn(env)` returns the current state summary text (the observation o_t).
 
         `parser(reply, actions)` maps a reply to an action index or None (default: exact match after the
-        ``[action]`` tag); `reason_fn(reply, actions)` explains an invalid reply in the next prompt.
+        ``[action]`` tag); `reason_fn(reply, actions)` explains an invalid reply in the next prompt. With
+        `show_text` false the prompt withholds the summary (:data:`IMAGE_ONLY`): a VLM sees the state in the
+        image alone (the paper's image-only prompting, Figures 4 and 8); ``obs["text"]`` still holds it.
         """
         super().__init__(env)
         self.parser = parser
@@ -151,6 +173,7 @@ class TextActionEnv(gymnasium.Wrapper):
         self.prompt = prompt
         self.config = config if config is not None else TextActionConfig()
         self.text_fn = text_fn
+        self.show_text = show_text
         self._steps = 0
         self._invalid_streak = 0
         self._frame: np.ndarray | None = None
@@ -217,4 +240,5 @@ class TextActionEnv(gymnasium.Wrapper):
         """The observation dict for the current inner state, with `error` shown in the prompt."""
         text = self.text_fn(self.env)
         image = Image.fromarray(np.asarray(self._frame, dtype=np.uint8)).convert("RGB")
-        return {"text": text, "image": image, "prompt": format_prompt(self.prompt, text, error)}
+        shown = text if self.show_text else IMAGE_ONLY
+        return {"text": text, "image": image, "prompt": format_prompt(self.prompt, shown, error)}
