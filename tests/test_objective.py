@@ -317,3 +317,58 @@ def test_td_advantage_is_target_minus_value(text_turns):
     assert 0.0 < stats["actor/kept_frac"] < 1.0
     with pytest.raises(ConfigError, match="advantage"):
         LossConfig(advantage="gae")
+
+
+def test_token_usage_against_a_manual_computation(text_turns):
+    """The ``tokens/`` metrics (Fig. 5's unseen tokens) from the heads, checked by hand on a tiny policy: policy
+    mass off the data's tokens, mean raw Q on and off them, and where the highest Q lies."""
+    from vlmq_core.objective import loss_from_heads, token_usage
+    from vlmq_core.tokens import seen_tokens
+
+    policy = make_policy("llama")
+    randomize_lora(policy)
+    batch = build_batch(policy, transitions(text_turns))
+    heads = reply_heads(policy, batch, critic=True)
+    V = heads.logits.shape[-1]
+    seen = seen_tokens(policy, [t.reply for t in text_turns], V)
+    assert seen[policy.stop_token_id] and seen[batch.tokens].all() and 0 < seen.sum() < V
+    stats = token_usage(policy, heads, seen, heads.q)
+    probs = heads.logits.float().softmax(-1)
+    raw = policy.popart.denormalize(heads.q.float())
+    manual_pi = sum(probs[i, ~seen].sum().item() for i in range(len(probs))) / len(probs)
+    assert stats["tokens/pi_unseen"] == pytest.approx(manual_pi, rel=1e-5)
+    assert stats["tokens/q_seen"] == pytest.approx(raw[:, seen].mean().item(), rel=1e-5)
+    assert stats["tokens/q_unseen"] == pytest.approx(raw[:, ~seen].mean().item(), rel=1e-5)
+    top = raw.argmax(-1)
+    assert stats["tokens/argmax_q_unseen"] == pytest.approx(sum(not seen[t] for t in top) / len(top))
+    everything = torch.ones(V, dtype=torch.bool)
+    everything[0] = False  # one unseen token: almost no mass there
+    assert token_usage(policy, heads, everything, None) == {
+        "tokens/pi_unseen": pytest.approx(probs[:, 0].mean().item())
+    }
+    targets = td_targets(policy, batch, heads, LossConfig())
+    _, with_seen = loss_from_heads(policy, heads, targets, LossConfig(actor="maxq"), 0.0, seen)
+    _, without = loss_from_heads(policy, heads, targets, LossConfig(actor="maxq"), 0.0)
+    assert with_seen.keys() - without.keys() == set(stats) and "tokens/pi_unseen" not in without
+    _, sft = loss_from_heads(policy, heads, None, LossConfig(actor="sft", critic_weight=0.0), 0.0, seen)
+    assert sft["tokens/pi_unseen"] == pytest.approx(stats["tokens/pi_unseen"]) and "tokens/q_seen" not in sft
+
+
+def test_token_usage_summary_weights_every_reply_position_equally(text_turns):
+    from vlmq_core.inspector import token_usage_summary
+    from vlmq_core.objective import token_usage
+    from vlmq_core.tokens import seen_tokens
+
+    policy = make_policy("llama")
+    randomize_lora(policy)
+    policy.model.eval()  # as the summary runs (no dropout)
+    trans = transitions(text_turns)
+    batch = build_batch(policy, trans)
+    heads = reply_heads(policy, batch, critic=True)
+    seen = seen_tokens(policy, [t.reply for t in text_turns[:2]], heads.logits.shape[-1])
+    whole = token_usage(policy, heads, seen, heads.q)
+    chunked = token_usage_summary(policy, trans, seen, chunk=1)
+    assert chunked.keys() == whole.keys()
+    for k in whole:
+        assert chunked[k] == pytest.approx(whole[k], rel=1e-4), k
+    assert token_usage_summary(policy, trans, seen, critic=False).keys() == {"tokens/pi_unseen"}

@@ -1,7 +1,8 @@
 """What the critic thinks of each reply token: advantages, Q, V, log-probs and the filter mask per turn.
 
 :func:`token_views` turns transitions into :class:`TokenView` records (plain lists, ready for the plots in
-:mod:`vlmq_core.plots` and the widgets); :func:`filter_summary` counts what the filter keeps over a dataset.
+:mod:`vlmq_core.plots` and the widgets); :func:`filter_summary` counts what the filter keeps over a dataset;
+:func:`token_usage_summary` measures the policy mass and Q-values off the data's tokens (the max-Q ablation).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from vlmq_core import losses
 from vlmq_core.losses import LossConfig
 from vlmq_core.model import Policy
-from vlmq_core.objective import filter_advantage, reply_heads, td_targets
+from vlmq_core.objective import filter_advantage, reply_heads, td_targets, token_usage
 from vlmq_core.tokens import build_batch
 from vlmq_core.turns import Transition
 
@@ -118,3 +119,39 @@ def filter_summary(
             if action >= 0:
                 groups["action_good" if turn.reward >= 0 else "action_bad"].append(view.kept[action])
     return {f"filter/kept_{k}": (sum(v) / len(v) if v else float("nan")) for k, v in groups.items()}
+
+
+@torch.no_grad()
+def token_usage_summary(
+    policy: Policy, transitions: list[Transition], seen: torch.Tensor, critic: bool = True, chunk: int = 8
+) -> dict[str, float]:
+    """:func:`vlmq_core.objective.token_usage` over `transitions` (every reply position weighted equally), at the
+    policy's current state: how much policy mass sits on tokens the data never uses (`seen`, (V,) bool, from
+    :func:`vlmq_core.tokens.seen_tokens`), and with `critic` (false for a run that trained none), their Q-values
+    against the data's tokens'."""
+    was_training = policy.model.training
+    policy.model.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    for start in range(0, len(transitions), chunk):
+        batch = build_batch(policy, transitions[start : start + chunk])
+        heads = reply_heads(policy, batch, critic=critic)
+        stats = token_usage(policy, heads, seen.to(heads.logits.device), heads.q)
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v * batch.num_tokens
+        n += batch.num_tokens
+    policy.model.train(was_training)
+    return {k: v / n for k, v in sums.items()}
+
+
+@torch.no_grad()
+def action_q(policy: Policy, transition: Transition) -> torch.Tensor:
+    """(V,) unnormalised online Q-values over the whole vocabulary at the action token of one turn (the last reply
+    token before the stop token): what a max-Q actor is pulled towards there."""
+    was_training = policy.model.training
+    policy.model.eval()
+    batch = build_batch(policy, [transition])
+    heads = reply_heads(policy, batch, critic=True)
+    policy.model.train(was_training)
+    position = max(batch.num_tokens - 2, 0)
+    return policy.popart.denormalize(heads.q[position].float()).cpu()

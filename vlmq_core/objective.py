@@ -121,17 +121,41 @@ def filter_advantage(
     return losses.q_advantage(q_taken, heads.logits, q)
 
 
+@torch.no_grad()
+def token_usage(policy: Policy, heads: ReplyHeads, seen: torch.Tensor, q: torch.Tensor | None) -> dict[str, float]:
+    """Where the policy's mass and the critic's preferences fall relative to the tokens the data uses (Fig. 5's
+    max-Q failure): `seen` (V,) bool marks the tokens of the dataset's replies (stop included); `q` (N, V)
+    normalised online Q, or None without a critic. Means over the N reply positions (docs/METRICS.md)."""
+    probs = heads.logits.float().softmax(-1)  # (N, V)
+    stats = {"tokens/pi_unseen": probs[:, ~seen].sum(-1).mean().item()}
+    if q is not None:
+        raw = policy.popart.denormalize(q.float())  # (N, V)
+        stats |= {
+            "tokens/q_seen": raw[:, seen].mean().item(),
+            "tokens/q_unseen": raw[:, ~seen].mean().item() if (~seen).any() else float("nan"),
+            "tokens/argmax_q_unseen": (~seen[raw.argmax(-1)]).float().mean().item(),
+        }
+    return stats
+
+
 def loss_from_heads(
-    policy: Policy, heads: ReplyHeads, targets: Targets | None, cfg: LossConfig, beta: float
+    policy: Policy,
+    heads: ReplyHeads,
+    targets: Targets | None,
+    cfg: LossConfig,
+    beta: float,
+    seen: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 3-7 from the reply heads and targets, at the policy's current PopArt and whitening state (the online
-    critic head runs here, after any rescale). Returns the scalar loss and namespaced statistics (docs/METRICS.md).
-    `targets` may be None only for plain SFT (``cfg.uses_critic`` False)."""
+    critic head runs here, after any rescale). Returns the scalar loss and namespaced statistics (docs/METRICS.md;
+    with `seen`, the (V,) bool mask of the data's reply tokens, also :func:`token_usage`'s). `targets` may be None
+    only for plain SFT (``cfg.uses_critic`` False)."""
     N = heads.logp.shape[0]
     stats: dict[str, float] = {"train/reply_tokens": float(N), "train/beta": beta}
     if not cfg.uses_critic:
         loss, s = losses.sft_loss(heads.logp)
-        return loss, stats | s | {"train/loss": loss.item(), "actor/nll": loss.item()}
+        usage = token_usage(policy, heads, seen, None) if seen is not None else {}
+        return loss, stats | s | usage | {"train/loss": loss.item(), "actor/nll": loss.item()}
     assert targets is not None, "the critic needs td_targets"
 
     ## Critic loss (Eq. 6) ##
@@ -150,7 +174,8 @@ def loss_from_heads(
     loss = losses.joint_loss(actor_loss, critic_loss, cfg.critic_weight)  # Eq. 7
     with torch.no_grad():
         q_unnorm = policy.popart.denormalize(q_taken.float())
-    return loss, stats | s_critic | s_actor | {
+    usage = token_usage(policy, heads, seen, q) if seen is not None else {}
+    return loss, stats | s_critic | s_actor | usage | {
         "train/loss": loss.item(),
         "critic/q_taken": q_unnorm.mean().item(),
         "critic/td_target": targets.y.mean().item(),

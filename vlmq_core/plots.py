@@ -16,6 +16,8 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 if TYPE_CHECKING:
+    import torch
+
     from vlmq_core.inspector import TokenView
 
 #: Metrics ``learning_curves`` shows by default (those present in at least one run).
@@ -268,6 +270,25 @@ def token_heatmap(views: list[TokenView]) -> go.Figure:
         xaxis={"title": "reply token index"},
         yaxis={"autorange": "reversed", "type": "category"},
         height=max(250, 40 * len(views) + 150),
+        template="plotly_white",
+    )
+    return fig
+
+
+def q_histogram(q: torch.Tensor, seen: torch.Tensor, taken: int | None = None, title: str = "") -> go.Figure:
+    """Histograms of one position's Q-values (V,): the tokens the data uses vs all the others, with the taken
+    token marked; a max-Q actor moves its mass to the right end, wherever that is."""
+    fig = go.Figure()
+    for mask, name in ((seen, "tokens the data uses"), (~seen, "tokens it never uses")):
+        values = q[mask.cpu()].tolist()
+        fig.add_trace(go.Histogram(x=values, name=f"{name} ({len(values)})", histnorm="probability", opacity=0.7))
+    if taken is not None:
+        fig.add_vline(x=float(q[taken]), line_dash="dash", annotation_text="taken token")
+    fig.update_layout(
+        barmode="overlay",
+        title=title or "Q over the vocabulary at one action token",
+        xaxis_title="Q (unnormalised return)",
+        yaxis_title="share of tokens",
         template="plotly_white",
     )
     return fig

@@ -201,6 +201,17 @@ def train(
     return TrainResult(policy, history, result)
 
 
+def eval_callback(cfg: RunConfig, episodes: int, seed: int) -> Callable[[Trainer], dict[str, float]]:
+    """A ``train(callback=...)`` that plays `episodes` held-out episodes (seeds ``seed..``; keep them apart from
+    ``eval.seed``'s) with the current policy and adds their ``eval/`` metrics to that update's row of
+    ``metrics.jsonl``: success and valid syntax during training (notebook 05's curves)."""
+
+    def callback(trainer: Trainer) -> dict[str, float]:
+        return evaluate(trainer.policy, cfg.collect, EvalConfig(episodes, seed), progress=False)
+
+    return callback
+
+
 def evaluate_run(cfg: RunConfig, policy: Policy, step: int, progress: bool = True) -> dict[str, Any]:
     """Evaluate a run's policy (``cfg.collect``, ``cfg.eval``) into ``run_dir/eval.json``; an evaluation already
     there for the same update and settings is reused."""

@@ -8,6 +8,7 @@ axis ``N`` so both heads run only where they are needed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,15 @@ def encode_prompt(policy: Policy, prompt: str, image) -> dict[str, torch.Tensor]
 def encode_reply(policy: Policy, reply: str) -> list[int]:
     """The reply's token ids followed by the stop token: the ``l`` actions of one turn."""
     return policy.tokenizer(reply, add_special_tokens=False).input_ids + [policy.stop_token_id]
+
+
+def seen_tokens(policy: Policy, replies: Iterable[str], size: int) -> torch.Tensor:
+    """(size,) bool: the token ids some reply uses, as :func:`encode_reply` tokenizes it (the stop token too);
+    `size` is the heads' vocabulary width (it may exceed the tokenizer's)."""
+    seen = torch.zeros(size, dtype=torch.bool)
+    for reply in set(replies):
+        seen[encode_reply(policy, reply)] = True
+    return seen
 
 
 def collate(policy: Policy, encoded: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ from vlmq_core.losses import LossConfig, beta_schedule
 from vlmq_core.model import Policy
 from vlmq_core.objective import Targets, loss_from_heads, reply_heads, reply_hidden, td_targets
 from vlmq_core.report import check_report_to
-from vlmq_core.tokens import build_batch
+from vlmq_core.tokens import build_batch, encode_reply
 
 
 @dataclass
@@ -144,6 +144,8 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.reporter = None  # a vlmq_core.report.Reporter, set by vlmq_core.run.train
+        self._seen: tuple[int, torch.Tensor] | None = None  # (buffer length, mask) of the data's reply tokens
+        self._reply_ids: dict[str, list[int]] = {}
         self.run_dir = Path(run_dir) if run_dir else None
         if self.run_dir is not None and self.resume():
             print(f"Resumed {self.run_dir} at update {self.step}/{self.cfg.steps}.")
@@ -168,7 +170,8 @@ class Trainer:
                 targets = td_targets(policy, batch, heads, loss_cfg) if loss_cfg.uses_critic else None  # Eq. 2, 6
                 if targets is not None:
                     self._update_statistics(targets, heads.h)  # PopArt rescales both heads before the loss
-                loss, stats = loss_from_heads(policy, heads, targets, loss_cfg, beta)  # Eq. 3-7
+                seen = self.seen_tokens(heads.logits.shape[-1])
+                loss, stats = loss_from_heads(policy, heads, targets, loss_cfg, beta, seen)  # Eq. 3-7
             (loss / cfg.grad_accum).backward()
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
@@ -194,6 +197,18 @@ class Trainer:
             "train/lr_critic": lrs[1],
             "time/update_s": time.perf_counter() - t0,
         }
+
+    def seen_tokens(self, size: int) -> torch.Tensor:
+        """(size,) bool on the policy's device: the tokens of the buffer's replies as it is now (rebuilt when it
+        has grown or shrunk), for the ``tokens/`` metrics (Fig. 5's unseen tokens)."""
+        if self._seen is None or self._seen[0] != len(self.buffer):
+            mask = torch.zeros(size, dtype=torch.bool)
+            for reply in {t.reply for t in self.buffer.turns}:
+                if reply not in self._reply_ids:  # each distinct reply tokenized once per run
+                    self._reply_ids[reply] = encode_reply(self.policy, reply)
+                mask[self._reply_ids[reply]] = True
+            self._seen = (len(self.buffer), mask.to(self.policy.device))
+        return self._seen[1]
 
     @torch.no_grad()
     def _update_statistics(self, targets: Targets, h: torch.Tensor) -> None:
