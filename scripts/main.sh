@@ -1,22 +1,66 @@
 #!/usr/bin/env bash
 # Set up, then run the main job: papermill executes the notebooks on the embedded model into nbs_outputs/
-# (03 offline AFSFT, then 04 offline to online, which reuses 03's NumberLine dataset).
-# Extra arguments go to papermill for every notebook, e.g. `bash scripts/main.sh -y "overrides: [train.steps=400]"`.
+# (01 base models prompted, 03 offline AFSFT, 04 offline to online and 05 the max-Q ablation, which reuse 03's runs),
+# printing each notebook's wall time, then the headline numbers from their metrics files.
+#   bash scripts/main.sh                 # every notebook, in order
+#   bash scripts/main.sh 03 04           # only these (by number)
+#   bash scripts/main.sh 03 -y "overrides: [train.steps=400]"   # later arguments go to papermill for each notebook
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-mkdir -p nbs_outputs
-for name in 03_offline_afsft 04_offline_to_online; do
-  papermill "notebooks/$name.ipynb" "nbs_outputs/$name.ipynb" --cwd . -k python3 "$@"
+all=(01_base_model_prompting 03_offline_afsft 04_offline_to_online 05_maxq_ablation)
+chosen=()
+while [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]{2}$ ]]; do
+  match=""
+  for name in "${all[@]}"; do [[ "$name" == "$1"_* ]] && match="$name"; done
+  if [ -z "$match" ]; then
+    echo "main.sh: no notebook numbered $1 (have: ${all[*]})" >&2
+    exit 2
+  fi
+  chosen+=("$match")
+  shift
 done
+[ ${#chosen[@]} -eq 0 ] && chosen=("${all[@]}")
+mkdir -p nbs_outputs
+times=()
+for i in "${!chosen[@]}"; do
+  name="${chosen[$i]}"
+  echo "== notebook $((i + 1))/${#chosen[@]}: $name =="
+  start=$(date +%s)
+  papermill "notebooks/$name.ipynb" "nbs_outputs/$name.ipynb" --cwd . -k python3 "$@"
+  times+=("$name $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s")
+  echo "== $name done: ${times[-1]#* } =="
+done
+printf '%s\n' "wall time per notebook:" "${times[@]/#/  }"
 python - <<'PY'
 import json
+from pathlib import Path
 
-offline = json.load(open("nbs_outputs/03_offline_afsft.metrics.json"))
-online = json.load(open("nbs_outputs/04_offline_to_online.metrics.json"))
-keys = ("base", "offline", "online", "exploration", "data")
-print(json.dumps({
-    "hardware": offline["hardware"],
-    "03_offline_afsft": {k: v for k, v in offline.items() if k in ("base", "sft", "afsft")},
-    "04_offline_to_online": {t: {k: v for k, v in r.items() if k in keys} for t, r in online.items() if isinstance(r, dict) and "task" in r},
-}, indent=1))
+out = {}
+path = Path("nbs_outputs/01_base_model_prompting.metrics.json")
+if path.is_file():
+    m = json.loads(path.read_text())
+    out["hardware"] = m["hardware"]
+    out["01_base_model_prompting"] = {
+        model: {task: {k: {"valid": r["valid"], "success": r["success"]} for k, r in runs.items()} for task, runs in tasks.items()}
+        for model, tasks in m["results"].items()
+    }
+path = Path("nbs_outputs/03_offline_afsft.metrics.json")
+if path.is_file():
+    m = json.loads(path.read_text())
+    out["hardware"] = m["hardware"]
+    out["03_offline_afsft"] = {k: v for k, v in m.items() if k in ("base", "sft", "afsft")}
+path = Path("nbs_outputs/04_offline_to_online.metrics.json")
+if path.is_file():
+    m = json.loads(path.read_text())
+    keys = ("base", "offline", "online", "exploration", "data")
+    out["04_offline_to_online"] = {
+        t: {k: v for k, v in r.items() if k in keys} for t, r in m.items() if isinstance(r, dict) and "task" in r
+    }
+path = Path("nbs_outputs/05_maxq_ablation.metrics.json")
+if path.is_file():
+    m = json.loads(path.read_text())
+    out["05_maxq_ablation"] = {
+        arm: r | {"pi_unseen": m["usage"][arm]["tokens/pi_unseen"]} for arm, r in m["results"].items()
+    }
+print(json.dumps(out, indent=1))
 PY

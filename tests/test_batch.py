@@ -96,8 +96,8 @@ def test_bad_grids_are_one_sentence(tmp_path, params, overrides, message):
 def test_a_notebook_without_what_the_batch_needs_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="No notebook at"):
         batch.build_grid([tmp_path / "missing.ipynb"], out=tmp_path)
-    nb = toy_notebook(tmp_path, "x = 1\n")
-    with pytest.raises(ConfigError, match="has no parameter out_dir, metrics_path"):
+    nb = toy_notebook(tmp_path, "x = 1\nout_dir = ''\n")
+    with pytest.raises(ConfigError, match="has no parameter metrics_path"):
         batch.build_grid([nb], out=tmp_path)
     assert main(["batch", str(nb), "-p", "x", "1,2", "--list"]) == 2
 

@@ -143,3 +143,108 @@ def test_04_offline_to_online_runs_all_three_tasks_and_its_numbers_come_from_its
     assert m["numberline"]["init_from"] == str(offline) and m["blackjack"]["init_from"] is None
     started = torch.load(offline / "checkpoint" / "trainer.pt", weights_only=False)["step"]
     assert started == 2 and m["numberline"]["updates"] == started + 2 * 2
+
+
+@pytest.mark.slow
+def test_01_base_model_prompting_scores_each_view_and_its_numbers_are_the_scores(tmp_path, tiny_folders):
+    """Notebook 01 on a tiny text model and a tiny VLM: the VLM is scored in every view, the text model once; a
+    score recomputed here with `prompting.score` on the same seeds equals the notebook's (a wrong view, strategy,
+    task or seed in the notebook would show), and the failure counts add up to the invalid replies."""
+    from vlmq_core import prompting
+    from vlmq_core.collect import CollectConfig
+    from vlmq_core.model import ModelConfig, PolicyConfig, load_policy
+
+    metrics_path = tmp_path / "metrics.json"
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "01_base_model_prompting.ipynb"),
+        str(tmp_path / "01.ipynb"),
+        cwd=str(ROOT),
+        kernel_name="python3",
+        progress_bar=False,
+        parameters={
+            "models": [tiny_folders["llama"], tiny_folders["idefics3"]],
+            "tasks": ["NumberLine", "BabyAI-GoToLocal"],
+            "episodes": 2,
+            "num_envs": 2,
+            "overrides": ["collect.max_reply_tokens=4"],
+            "metrics_path": str(metrics_path),
+        },
+    )
+    m = json.loads(metrics_path.read_text())
+    assert m["hardware"] and m["episodes"] == 2 and m["seed"] == 10_000
+    text_model, vlm = m["results"].values()
+    both = ["agent/both", "agent/image", "agent/text", "min_format/both", "min_format/image", "min_format/text"]
+    for task in ("NumberLine", "BabyAI-GoToLocal"):
+        assert list(text_model[task]) == ["agent/text", "min_format/text"] and list(vlm[task]) == both
+        for score in [*text_model[task].values(), *vlm[task].values()]:
+            assert score["episodes"] == 2 and sum(score["failures"].values()) == round(
+                (1 - score["valid"]) * score["turns"]
+            )
+    policy = load_policy(PolicyConfig(model=ModelConfig(name=tiny_folders["idefics3"])))
+    cfg = CollectConfig(task="BabyAI-GoToLocal", num_envs=2, max_reply_tokens=4)
+    again = prompting.score(policy, cfg, "min_format", "image", episodes=2, seed=10_000, progress=False)
+    assert json.loads(json.dumps(again)) == vlm["BabyAI-GoToLocal"]["min_format/image"]
+
+
+@pytest.mark.slow
+def test_05_maxq_ablation_runs_four_arms_and_its_numbers_come_from_its_runs(tmp_path, tiny_folders):
+    """Notebook 05 on a tiny model: SFT, AFSFT and two max-Q runs on one dataset; each differs from AFSFT only in
+    what the arm says; the curves are the max-Q runs' logged rows, and the final token usage is what the saved
+    checkpoints give on the dataset (recomputed here on all its turns with the same seeded sample)."""
+    import random
+
+    from vlmq_core.inspector import token_usage_summary
+    from vlmq_core.tokens import seen_tokens
+
+    metrics_path = tmp_path / "metrics.json"
+    overrides = [
+        f"model.name={tiny_folders['llama']}",
+        "data.sources.0.episodes=4",
+        "data.sources.1.episodes=1",
+        "data.sources.2.episodes=1",
+        "collect.num_envs=2",
+        "collect.max_reply_tokens=4",
+        "eval.episodes=2",
+        "train.steps=4",
+        "critic.hidden=32",
+        "train.batch_size=2",
+        "train.whiten_calib_turns=4",
+        "loss.filter_start_step=1",
+    ]
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "05_maxq_ablation.ipynb"),
+        str(tmp_path / "05.ipynb"),
+        cwd=str(ROOT),
+        kernel_name="python3",
+        progress_bar=False,
+        parameters={
+            "overrides": overrides,
+            "curve_every": 2,
+            "curve_episodes": 2,
+            "usage_turns": 6,
+            "out_dir": str(tmp_path / "out"),
+            "metrics_path": str(metrics_path),
+        },
+    )
+    m = json.loads(metrics_path.read_text())
+    out = tmp_path / "out"
+    assert list(m["results"]) == ["sft", "afsft", "maxq", "maxq_paper_init"]
+    afsft = config.load(RunConfig, out / "afsft" / "config.yaml")
+    for arm, differs in (("maxq", {"loss.actor"}), ("maxq_paper_init", {"loss.actor", "critic.init_q"})):
+        cfg = config.load(RunConfig, out / arm / "config.yaml")
+        assert set(config.differences(afsft, cfg)) == differs | {"run_dir"} and cfg.loss.actor == "maxq"
+        rows = [r for r in load_history(out / arm) if "eval/valid" in r]
+        assert [r["step"] for r in rows] == [2, 4] == [r["step"] for r in m["curves"][arm]]
+        assert all(0 <= r["tokens/pi_unseen"] <= 1 for r in rows)
+    assert config.load(RunConfig, out / "maxq_paper_init" / "config.yaml").critic.init_q is None
+    for arm in m["results"]:
+        saved = json.loads((out / arm / "eval.json").read_text())
+        assert m["results"][arm] == {k.removeprefix("eval/"): v for k, v in saved.items() if k.startswith("eval/")}
+    data = TurnBuffer(out / "data")
+    sample = random.Random(0).sample(data.transitions(), 6)
+    policy = load_checkpoint(out / "maxq_paper_init", device="cpu")
+    seen = seen_tokens(policy, (t.reply for t in data.turns), policy.vocab_size)
+    assert m["seen_tokens"] == int(seen.sum())
+    again = token_usage_summary(policy, sample, seen)
+    assert again == pytest.approx(m["usage"]["maxq_paper_init"], rel=1e-4)
+    assert set(m["usage"]["sft"]) == {"tokens/pi_unseen"}  # SFT trained no critic

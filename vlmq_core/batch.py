@@ -6,7 +6,8 @@
 ``-p NAME V1,V2`` sets a notebook parameter (values read as YAML, split at top-level commas: ``"[a,b],[c]"`` is two
 lists); ``-o KEY V1,V2`` appends ``KEY=V`` to the notebook's ``overrides`` list (any run-config key). Each cell of
 the grid gets its own folder ``<out>/<name>/<notebook>/<coordinates>/`` holding the executed notebook, its
-``metrics.json`` (the notebook's ``metrics_path``), its runs and datasets (the notebook's ``out_dir``), a
+``metrics.json`` (the notebook's ``metrics_path``), its runs and datasets (the notebook's ``out_dir``, when it
+has one), a
 ``log.txt`` of the kernel's output, and ``done.json`` (parameters, wall time, peak memory) once it succeeded
 (``failed.json`` otherwise). The same command again skips finished cells, so a killed batch resumes and a grid
 grows by adding values. Cells run in parallel where the cores and free memory allow (``--jobs``); each job gets
@@ -38,7 +39,7 @@ import yaml
 
 from vlmq_core.config import ConfigError, json_text, write_text_atomic
 
-RESERVED = ("out_dir", "metrics_path")  # set by the batch for every cell: its own folder and metrics file
+RESERVED = ("out_dir", "metrics_path")  # set by the batch for every cell (out_dir where the notebook has one)
 DEFAULT_METRICS = ("*success", "*valid", "*return")  # dotted keys of the metrics files shown in the summary
 SE_SUFFIX = "_se"
 
@@ -189,17 +190,18 @@ def build_grid(
     for key, text in overrides:
         axes.append((key, split_values(text), True))
     paths = [Path(nb) for nb in notebooks]
+    declared: dict[Path, list[str]] = {}
     for nb in paths:
         if not nb.is_file():
             raise ConfigError(f"No notebook at {nb}: give the path of an .ipynb file (notebooks/ has them).")
-        declared = notebook_parameters(nb)
-        wanted = [k for k, _, is_override in axes if not is_override] + list(RESERVED)
+        declared[nb] = notebook_parameters(nb)
+        wanted = [k for k, _, is_override in axes if not is_override] + ["metrics_path"]
         wanted += ["overrides"] if overrides else []
-        missing = [k for k in wanted if k not in declared]
+        missing = [k for k in wanted if k not in declared[nb]]
         if missing:
             raise ConfigError(
                 f"{nb} has no parameter {', '.join(missing)} in its parameters cell (it has: "
-                f"{', '.join(declared) or 'none'}); vlmq batch needs out_dir and metrics_path, and overrides for -o."
+                f"{', '.join(declared[nb]) or 'none'}); vlmq batch needs metrics_path, and overrides for -o."
             )
     if name is None:
         name = "-".join([*(p.stem.split("_")[0] for p in paths), *(k for k, _, _ in axes)]) or "default"
@@ -221,7 +223,9 @@ def build_grid(
                 if not isinstance(base, list):
                     raise ConfigError(f"-p overrides must be a list, got {base!r}.")
                 cell_params["overrides"] = [*base, *extra]
-            cell_params |= {"out_dir": str(folder / "runs"), "metrics_path": str(folder / "metrics.json")}
+            cell_params["metrics_path"] = str(folder / "metrics.json")
+            if "out_dir" in declared[nb]:  # the runs and datasets a notebook writes go into the cell's folder too
+                cell_params["out_dir"] = str(folder / "runs")
             cells.append(Cell(nb, coords, cell_params, folder))
     return Batch(name, root, cells)
 
