@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -209,7 +210,9 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     targets = cfg.target_modules if cfg.target_modules is not None else default_lora_targets(model)
     lcfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none")
-    return get_peft_model(model, lcfg)
+    with warnings.catch_warnings():  # peft asks transformers for a renamed attribute: noise in every notebook
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lcfg)
 
 
 class Policy(nn.Module):

@@ -20,6 +20,15 @@ if TYPE_CHECKING:
 
     from vlmq_core.inspector import TokenView
 
+def setup_notebook() -> None:
+    """Make the notebook's plotly figures readable anywhere: each figure is saved both as plotly's JSON (which
+    JupyterLab renders) and as HTML for nbconvert and static viewers, with plotly.js embedded once, in the output
+    of the cell that calls this (offline: no CDN). Every notebook's setup cell calls it."""
+    import plotly.io as pio
+
+    pio.renderers.default = "plotly_mimetype+notebook"
+
+
 #: Metrics ``learning_curves`` shows by default (those present in at least one run).
 ONLINE_CURVE_KEYS: tuple[str, ...] = (
     "eval/success",
