@@ -77,3 +77,14 @@ def test_scores_add_up_and_the_vlm_sees_only_the_image(idefics3_policy):
         .splitlines()[2]
         .startswith(f"| tiny | NumberLine | agent · image | {m['success']:.0%}")
     )
+
+
+def test_first_replies_are_the_episodes_first_turns_in_seed_order(llama_policy):
+    from vlmq_core.collect import CollectConfig, SourceConfig, collect
+
+    cfg = CollectConfig(task="NumberLine", num_envs=2, max_reply_tokens=4)
+    replies = prompting.first_replies(llama_policy, cfg, episodes=3, seed=7)
+    sink = prompting._Replies()
+    collect(llama_policy, cfg, SourceConfig("agent", 3, 7), sink, progress=False)
+    assert replies == [t.reply for t in sorted(sink.turns, key=lambda t: t.seed) if t.t == 0]
+    assert len(replies) == 3

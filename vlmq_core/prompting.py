@@ -81,6 +81,14 @@ def score(
     }
 
 
+def first_replies(policy: Policy, cfg: CollectConfig, episodes: int = 4, seed: int = 10_000) -> list[str]:
+    """What a policy writes: the first reply (``agent`` strategy) of `episodes` held-out episodes, in seed order."""
+    sink = _Replies()
+    collect(policy, cfg, SourceConfig("agent", episodes, seed), buffer=sink, progress=False)
+    first = {t.episode_id: (t.seed, t.reply) for t in sink.turns if t.t == 0}
+    return [reply for _, reply in sorted(first.values())]
+
+
 def rows(results: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> list[dict[str, Any]]:
     """``results[model][task]["<strategy>/<view>"]`` flattened to one row per score."""
     out = []
