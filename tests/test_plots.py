@@ -194,3 +194,34 @@ def test_token_browser_builds_and_follows_selection():
     assert "second" in browser.figure.layout.title.text and "prompt &lt;second&gt;" in browser.text.value
     with pytest.raises(ValueError):
         token_browser([])
+
+
+def test_setup_notebook_keeps_a_html_copy_of_every_figure(monkeypatch):
+    import plotly.io as pio
+
+    from vlmq_core.plots import setup_notebook
+
+    before = pio.renderers.default
+    try:
+        monkeypatch.delenv("VLMQ_PLOTLY", raising=False)
+        setup_notebook()
+        assert pio.renderers.default == "plotly_mimetype+notebook"  # plotly.js embedded once: readable offline
+        monkeypatch.setenv("VLMQ_PLOTLY", "cdn")
+        setup_notebook()
+        assert pio.renderers.default == "plotly_mimetype+notebook_connected"
+    finally:
+        pio.renderers.default = before
+
+
+def test_q_histogram_bins_each_group_into_shares():
+    import torch
+
+    from vlmq_core.plots import q_histogram
+
+    q = torch.cat([torch.full((10,), -1.0), torch.full((990,), 2.0)])
+    seen = torch.zeros(1000, dtype=torch.bool)
+    seen[:10] = True
+    fig = q_histogram(q, seen, taken=0, bins=3)
+    used, rest = fig.data
+    assert used.name == "tokens the data uses (10)" and rest.name == "tokens it never uses (990)"
+    assert used.y == (1.0, 0.0, 0.0) and rest.y == (0.0, 0.0, 1.0) and len(fig.to_json()) < 10_000

@@ -20,13 +20,18 @@ if TYPE_CHECKING:
 
     from vlmq_core.inspector import TokenView
 
+
 def setup_notebook() -> None:
     """Make the notebook's plotly figures readable anywhere: each figure is saved both as plotly's JSON (which
-    JupyterLab renders) and as HTML for nbconvert and static viewers, with plotly.js embedded once, in the output
-    of the cell that calls this (offline: no CDN). Every notebook's setup cell calls it."""
+    JupyterLab renders) and as HTML for nbconvert and static viewers, with plotly.js embedded once (about 4.8 MB,
+    readable offline). ``VLMQ_PLOTLY=cdn`` loads plotly.js from its CDN instead (a few KB; ``vlmq batch`` sets it,
+    so a grid of runs does not store one copy per run). Every notebook's setup cell calls this."""
+    import os
+
     import plotly.io as pio
 
-    pio.renderers.default = "plotly_mimetype+notebook"
+    cdn = os.environ.get("VLMQ_PLOTLY", "embed") == "cdn"
+    pio.renderers.default = "plotly_mimetype+" + ("notebook_connected" if cdn else "notebook")
 
 
 #: Metrics ``learning_curves`` shows by default (those present in at least one run).
@@ -284,20 +289,39 @@ def token_heatmap(views: list[TokenView]) -> go.Figure:
     return fig
 
 
-def q_histogram(q: torch.Tensor, seen: torch.Tensor, taken: int | None = None, title: str = "") -> go.Figure:
-    """Histograms of one position's Q-values (V,): the tokens the data uses vs all the others, with the taken
-    token marked; a max-Q actor moves its mass to the right end, wherever that is."""
+def q_histogram(
+    q: torch.Tensor, seen: torch.Tensor, taken: int | None = None, title: str = "", bins: int = 60
+) -> go.Figure:
+    """Histograms of one position's Q-values (V,): the tokens the data uses vs all the others (shares of each
+    group per bin, binned here so the figure stays small), with the taken token marked; a max-Q actor moves its
+    mass towards the right end, wherever that is."""
+    import numpy as np
+
+    values = q.float().cpu().numpy()
+    edges = np.histogram_bin_edges(values, bins=bins)
+    centers, width = (edges[:-1] + edges[1:]) / 2, float(edges[1] - edges[0]) if len(edges) > 1 else 1.0
     fig = go.Figure()
-    for mask, name in ((seen, "tokens the data uses"), (~seen, "tokens it never uses")):
-        values = q[mask.cpu()].tolist()
-        fig.add_trace(go.Histogram(x=values, name=f"{name} ({len(values)})", histnorm="probability", opacity=0.7))
+    mask = seen.cpu().numpy()
+    for group, name in ((mask, "tokens the data uses"), (~mask, "tokens it never uses")):
+        counts, _ = np.histogram(values[group], bins=edges)
+        share = counts / max(1, counts.sum())
+        fig.add_trace(
+            go.Bar(
+                x=centers.tolist(),
+                y=share.tolist(),
+                width=width,
+                name=f"{name} ({int(group.sum())})",
+                opacity=0.7,
+                hovertemplate="Q %{x:.3g}<br>share %{y:.2%}<extra></extra>",
+            )
+        )
     if taken is not None:
-        fig.add_vline(x=float(q[taken]), line_dash="dash", annotation_text="taken token")
+        fig.add_vline(x=float(values[taken]), line_dash="dash", annotation_text="taken token")
     fig.update_layout(
         barmode="overlay",
         title=title or "Q over the vocabulary at one action token",
         xaxis_title="Q (unnormalised return)",
-        yaxis_title="share of tokens",
+        yaxis_title="share of the group's tokens",
         template="plotly_white",
     )
     return fig
