@@ -110,6 +110,28 @@ def test_readme_online_results_match_the_committed_metrics():
             assert cells[4:] == [str(record["env_steps"]), str(record["updates"])], (task, cells)
 
 
+def test_readme_prose_results_of_notebooks_01_and_05_match_their_metrics():
+    """The README's paragraphs on notebooks 01 and 05 quote their committed metrics files."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    m01 = json.loads((ROOT / "nbs_outputs" / "01_base_model_prompting.metrics.json").read_text())
+    (tasks,) = m01["results"].values()
+    agent = [runs["agent/text"]["valid"] for runs in tasks.values()]
+    assert f"{100 * min(agent):.0f}-{max(agent):.0%} valid replies on every task with `agent` prompting" in readme
+    gym = [runs["min_format/text"]["valid"] for task, runs in tasks.items() if not task.startswith("BabyAI")]
+    assert f"{100 * min(gym):.0f}-{max(gym):.0%} valid on Gym Cards" in readme
+    babyai = tasks["BabyAI-GoToLocal"]["min_format/text"]
+    assert f"{babyai['valid']:.0%} on BabyAI" in readme
+    assert f"({babyai['success']:.0%} success, SE {100 * babyai['success_se']:.0f}," in readme
+    r = json.loads((ROOT / "nbs_outputs" / "05_maxq_ablation.metrics.json").read_text())["results"]
+
+    def score(arm: str) -> str:
+        return f"{r[arm]['success']:.0%} (SE {100 * r[arm]['success_se']:.0f}"
+
+    assert f"AFSFT {score('afsft')}), SFT {score('sft')}), the max-Q actor {score('maxq')}, valid" in readme
+    assert f"valid {r['maxq']['valid']:.0%}) with this project's" in readme
+    assert r["maxq_paper_init"]["success"] == r["maxq_paper_init"]["valid"] == 0 and "and 0% with the paper's" in readme
+
+
 REMOVED_OPTIONS = {"loss.advantage=mc": "8b27177"}
 """Overrides of options that a finding tried and a later commit removed, with the commit to run them at."""
 
