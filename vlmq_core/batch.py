@@ -338,7 +338,9 @@ def run_batch(
             while queue and len(running) < jobs:
                 cell = queue.pop(0)
                 running[cell.label] = (cell, _launch(cell, kernel, threads, cwd), time.monotonic())
-            bar.set_postfix_str(f"running {', '.join(running)}" if running else "", refresh=True)
+            shown = f"running {', '.join(running)}" if running else ""
+            if shown != getattr(bar, "postfix", None):  # only when it changes (a log file gets one line per change)
+                bar.set_postfix_str(shown, refresh=True)
             time.sleep(0.2)
             for label, (cell, proc, started) in list(running.items()):
                 if proc.poll() is None:
