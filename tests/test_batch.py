@@ -230,3 +230,13 @@ def test_stopping_a_batch_leaves_no_kernel_behind_and_its_cells_run_again(tmp_pa
     assert _ours(tmp_path) == []
     grid = batch.build_grid([path], [("x", "1,2")], out=tmp_path / "out")
     assert [c.state() for c in grid.cells] == ["pending", "pending"]
+
+
+def test_columns_drop_the_prefix_every_metric_shares():
+    keys = ["results.m (x).NumberLine.agent/text.success", "results.m (x).Blackjack.agent/text.valid"]
+    assert list(batch.short_names(keys).values()) == ["NumberLine.agent/text.success", "Blackjack.agent/text.valid"]
+    assert batch.short_names(["afsft.success", "sft.success"]) == {
+        "afsft.success": "afsft.success",
+        "sft.success": "sft.success",
+    }
+    assert batch.short_names(["a.b.success"]) == {"a.b.success": "success"}

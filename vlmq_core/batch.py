@@ -509,15 +509,28 @@ def _fmt(v: Any) -> str:
     return "" if v is None else _text(v)
 
 
+def short_names(keys: Sequence[str]) -> dict[str, str]:
+    """Column names: the metric keys without the dotted components all of them start with
+    (``results.<model>.NumberLine.agent/text.success`` -> ``NumberLine.agent/text.success`` when every key has
+    that model); a single key keeps its last component."""
+    parts = [k.split(".") for k in keys]
+    common = 0
+    while parts and all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
+        common += 1
+    return {k: ".".join(p[common:]) for k, p in zip(keys, parts, strict=True)}
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
-    """The summary as markdown: the groups (mean ± SE over seeds, or the run's own SE), then every run."""
+    """The summary as markdown: the groups (mean ± SE over seeds, or the run's own SE), then every run. Metric
+    columns drop the dotted prefix every key shares (``short_names``)."""
     axes, keys, seed_axes = summary["axes"], summary["metrics"], summary["seed_axes"]
+    names = short_names(keys)
     lines = []
     other = [a for a in axes if a not in seed_axes]
     if summary["groups"]:
         title = f"mean ± SE over {', '.join(seed_axes)}" if seed_axes else "each run (± its own SE where it has one)"
         lines += [f"### {title}", ""]
-        head = ["notebook", *other, "n", *keys]
+        head = ["notebook", *other, "n", *(names[k] for k in keys)]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for g in summary["groups"]:
             cells = [g["notebook"], *(_fmt(g["coords"].get(a)) for a in other), str(g["n"])]
@@ -529,11 +542,12 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["### runs", ""]
-    head = ["run", *axes, *keys, "wall s", "peak MB"]
+    head = ["run", *axes, *(names[k] for k in keys), "wall s", "peak MB"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["runs"]:
         cells = [r["run"], *(_fmt(r["coords"].get(a)) for a in axes), *(_fmt(r["metrics"].get(k)) for k in keys)]
-        cells += [f"{r['wall_s']:.0f}", _fmt(r["peak_rss_mb"])]
+        peak = r["peak_rss_mb"]
+        cells += [f"{r['wall_s']:.0f}", "" if peak is None else f"{peak:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     for state in ("failed", "pending"):
         if summary[state]:
@@ -548,7 +562,9 @@ def summary_figure(summary: dict[str, Any]):
 
     keys = summary["metrics"]
     seed_axes = summary["seed_axes"]
-    fig = make_subplots(rows=max(1, len(keys)), cols=1, shared_xaxes=True, subplot_titles=keys, vertical_spacing=0.06)
+    names = short_names(keys)
+    titles = [names[k] for k in keys]
+    fig = make_subplots(rows=max(1, len(keys)), cols=1, shared_xaxes=True, subplot_titles=titles, vertical_spacing=0.06)
     labels = [
         " ".join([g["notebook"].split("_")[0], *(f"{k}={_text(v)}" for k, v in g["coords"].items())])
         for g in summary["groups"]
@@ -564,9 +580,9 @@ def summary_figure(summary: dict[str, Any]):
                 y=ys,
                 error_y={"type": "data", "array": ses, "visible": True},
                 customdata=ns,
-                name=k,
+                name=names[k],
                 showlegend=False,
-                hovertemplate=f"%{{x}}<br>{k} %{{y:.3g}}<br>runs %{{customdata}}<extra></extra>",
+                hovertemplate=f"%{{x}}<br>{names[k]} %{{y:.3g}}<br>runs %{{customdata}}<extra></extra>",
             ),
             row=i,
             col=1,
