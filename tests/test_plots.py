@@ -110,14 +110,16 @@ def test_learning_curves_no_metrics_is_empty_figure():
 
 def test_eval_bars_grouped_with_percent_labels_and_episodes():
     results = {
-        "base": {"eval/success": 0.0, "eval/valid": 0.25, "eval/episodes": 16},
-        "sft": {"eval/success": 0.5, "eval/valid": 0.9, "eval/episodes": 16},
-        "afsft": {"eval/success": 0.75, "eval/episodes": 8},  # eval/valid missing
+        "base": {"eval/success": 0.0, "eval/success_se": 0.0, "eval/valid": 0.25, "eval/episodes": 16},
+        "sft": {"eval/success": 0.5, "eval/success_se": 0.125, "eval/valid": 0.9, "eval/episodes": 16},
+        "afsft": {"eval/success": 0.75, "eval/episodes": 8},  # eval/valid and the SE missing
     }
     fig = eval_bars(results)
     assert fig.layout.barmode == "group" and len(fig.data) == 2
     success, valid = fig.data
-    assert list(success.x) == ["base", "sft", "afsft"]
+    assert list(success.x) == ["base (16 ep.)", "sft (16 ep.)", "afsft (8 ep.)"]
+    assert list(success.error_y.array) == [0.0, 0.125, None] and success.error_y.visible
+    assert not valid.error_y.visible  # no eval/valid_se anywhere
     assert list(success.text) == ["0%", "50%", "75%"]
     assert list(valid.y) == [0.25, 0.9, None] and list(valid.text) == ["25%", "90%", ""]
     assert list(success.customdata) == [16, 16, 8] and "episodes" in success.hovertemplate
@@ -225,3 +227,10 @@ def test_q_histogram_bins_each_group_into_shares():
     used, rest = fig.data
     assert used.name == "tokens the data uses (10)" and rest.name == "tokens it never uses (990)"
     assert used.y == (1.0, 0.0, 0.0) and rest.y == (0.0, 0.0, 1.0) and len(fig.to_json()) < 10_000
+
+
+def test_learning_curves_mark_where_the_filter_switches_on():
+    fig = learning_curves({"afsft": _afsft_history()}, keys=["train/loss", "actor/nll"], marks={"filter on": 2})
+    lines = [shape for shape in fig.layout.shapes if shape.type == "line"]
+    assert len(lines) == 2 and all(line.x0 == line.x1 == 2 for line in lines)  # one per subplot
+    assert [a.text for a in fig.layout.annotations if a.text == "filter on"] == ["filter on"]  # labelled once

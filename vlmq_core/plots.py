@@ -113,6 +113,7 @@ def learning_curves(
     smooth: int = 1,
     x: str = "step",
     title: str = "Learning curves",
+    marks: dict[str, float] | None = None,
 ) -> go.Figure:
     """One subplot per metric, one line per run (same colour in every subplot, one legend entry per run).
 
@@ -120,7 +121,8 @@ def learning_curves(
     :data:`DEFAULT_CURVE_KEYS` some run logged; explicitly requested keys no run logged give an empty subplot.
     Non-finite values (e.g. ``train/beta = -inf`` before the filter starts) are skipped. ``smooth`` > 1
     applies a trailing moving average of that many points. ``x`` is the row key along the x axis (online runs:
-    ``online/env_steps`` or ``online/updates``, one row per epoch).
+    ``online/env_steps`` or ``online/updates``, one row per epoch). ``marks`` draws a labelled vertical line at each
+    x in every subplot, e.g. ``{"filter on": cfg.loss.filter_start_step}`` (where AFSFT stops being SFT).
     """
     if keys is None:
         keys = [k for k in DEFAULT_CURVE_KEYS if any(metric_series(h, k, x)[0] for h in histories.values())]
@@ -155,6 +157,11 @@ def learning_curves(
             shown.add(run)
     for i in range(len(keys)):
         fig.update_xaxes(title_text=x, row=i // cols + 1, col=i % cols + 1)
+        for label, at in (marks or {}).items():
+            fig.add_vline(
+                x=at, line_dash="dot", line_color="grey", annotation_text=label if i == 0 else None,
+                row=i // cols + 1, col=i % cols + 1,
+            )  # fmt: skip
     title = title + (f" (moving average {smooth})" if smooth > 1 else "")
     fig.update_layout(title=title, height=280 * rows + 80, template="plotly_white")
     return fig
@@ -166,21 +173,25 @@ def learning_curves(
 def eval_bars(results: dict[str, dict], keys: Sequence[str] = ("eval/success", "eval/valid")) -> go.Figure:
     """Grouped bars: runs ("base", "sft", "afsft") along x, one bar per metric, values in 0..1 shown as percent.
 
-    A run missing a metric gets no bar for it; the hover shows ``eval/episodes`` when present.
+    A run missing a metric gets no bar for it. A metric with a standard error (``<key>_se``, e.g.
+    ``eval/success_se``) gets it as an error bar; the x labels and the hover give ``eval/episodes``.
     """
     runs = list(results)
+    episodes = [results[r].get("eval/episodes") for r in runs]
+    labels = [f"{r} ({int(n)} ep.)" if _finite(n) else r for r, n in zip(runs, episodes, strict=True)]
     fig = go.Figure()
     for key in keys:
         ys = [float(results[r][key]) if _finite(results[r].get(key)) else None for r in runs]
-        episodes = [results[r].get("eval/episodes", "?") for r in runs]
+        ses = [float(results[r][key + "_se"]) if _finite(results[r].get(key + "_se")) else None for r in runs]
         fig.add_trace(
             go.Bar(
-                x=runs,
+                x=labels,
                 y=ys,
                 name=key.removeprefix("eval/"),
                 text=[f"{y:.0%}" if y is not None else "" for y in ys],
                 textposition="outside",
-                customdata=episodes,
+                error_y={"type": "data", "array": ses, "visible": any(s is not None for s in ses)},
+                customdata=[n if n is not None else "?" for n in episodes],
                 hovertemplate=f"%{{x}}<br>{key} %{{y:.1%}}<br>episodes %{{customdata}}<extra></extra>",
             )
         )
