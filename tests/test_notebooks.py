@@ -25,6 +25,36 @@ def same(a: dict, b: dict) -> bool:
     )
 
 
+def run_notebook(name: str, folder: Path, **parameters) -> None:
+    """Execute ``notebooks/<name>.ipynb`` through papermill from the repository root into `folder`."""
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / f"{name}.ipynb"),
+        str(folder / f"{name}.ipynb"),
+        cwd=str(ROOT),
+        kernel_name="python3",
+        progress_bar=False,
+        parameters=parameters,
+    )
+
+
+def tiny_offline(model: str, steps: int) -> list[str]:
+    """Overrides that shrink notebook 03's NumberLine runs (and those reusing them) to seconds on a tiny model."""
+    return [
+        f"model.name={model}",
+        "data.sources.0.episodes=4",
+        "data.sources.1.episodes=1",
+        "data.sources.2.episodes=1",
+        "collect.num_envs=2",
+        "collect.max_reply_tokens=4",
+        "eval.episodes=2",
+        f"train.steps={steps}",
+        "critic.hidden=32",
+        "train.batch_size=2",
+        "train.whiten_calib_turns=4",
+        "loss.filter_start_step=1",
+    ]
+
+
 @pytest.mark.slow
 def test_03_offline_afsft_runs_and_its_numbers_come_from_its_runs(tmp_path, tiny_folders):
     """Notebook 03 end to end on a tiny random model, then checked against its own outputs: the metrics file's
@@ -32,27 +62,9 @@ def test_03_offline_afsft_runs_and_its_numbers_come_from_its_runs(tmp_path, tiny
     the saved AFSFT checkpoint gives on the saved dataset (a wrong checkpoint, a lost critic, PopArt or whitening
     state, or another loss config than the run's would all show here)."""
     metrics_path = tmp_path / "metrics.json"
-    overrides = [
-        f"model.name={tiny_folders['llama']}",
-        "data.sources.0.episodes=4",
-        "data.sources.1.episodes=1",
-        "data.sources.2.episodes=1",
-        "collect.num_envs=2",
-        "collect.max_reply_tokens=4",
-        "eval.episodes=2",
-        "train.steps=3",
-        "critic.hidden=32",
-        "train.batch_size=2",
-        "train.whiten_calib_turns=4",
-        "loss.filter_start_step=1",
-    ]
-    papermill.execute_notebook(
-        str(ROOT / "notebooks" / "03_offline_afsft.ipynb"),
-        str(tmp_path / "03.ipynb"),
-        cwd=str(ROOT),
-        kernel_name="python3",
-        progress_bar=False,
-        parameters={"overrides": overrides, "out_dir": str(tmp_path / "run"), "metrics_path": str(metrics_path)},
+    overrides = tiny_offline(tiny_folders["llama"], steps=3)
+    run_notebook(
+        "03_offline_afsft", tmp_path, overrides=overrides, out_dir=str(tmp_path / "run"), metrics_path=str(metrics_path)
     )
     m = json.loads(metrics_path.read_text())
     run = tmp_path / "run"
@@ -101,19 +113,14 @@ def test_04_offline_to_online_runs_all_three_tasks_and_its_numbers_come_from_its
     per_task["numberline"].append("train.steps=2")  # its offline run (notebook 03's), which the online run continues
     per_task["blackjack"].append("online.offline_epochs=1")
     episodes = {"numberline": 2, "blackjack": 3, "babyai": 2}
-    papermill.execute_notebook(
-        str(ROOT / "notebooks" / "04_offline_to_online.ipynb"),
-        str(tmp_path / "04.ipynb"),
-        cwd=str(ROOT),
-        kernel_name="python3",
-        progress_bar=False,
-        parameters={
-            "overrides": common,
-            "task_overrides": per_task,
-            "final_episodes": episodes,
-            "out_dir": str(tmp_path / "out"),
-            "metrics_path": str(metrics_path),
-        },
+    run_notebook(
+        "04_offline_to_online",
+        tmp_path,
+        overrides=common,
+        task_overrides=per_task,
+        final_episodes=episodes,
+        out_dir=str(tmp_path / "out"),
+        metrics_path=str(metrics_path),
     )
     m = json.loads(metrics_path.read_text())
     assert m["hardware"] and m["final_seed"] == 20_000
@@ -155,20 +162,15 @@ def test_01_base_model_prompting_scores_each_view_and_its_numbers_are_the_scores
     from vlmq_core.model import ModelConfig, PolicyConfig, load_policy
 
     metrics_path = tmp_path / "metrics.json"
-    papermill.execute_notebook(
-        str(ROOT / "notebooks" / "01_base_model_prompting.ipynb"),
-        str(tmp_path / "01.ipynb"),
-        cwd=str(ROOT),
-        kernel_name="python3",
-        progress_bar=False,
-        parameters={
-            "models": [tiny_folders["llama"], tiny_folders["idefics3"]],
-            "tasks": ["NumberLine", "BabyAI-GoToLocal"],
-            "episodes": 2,
-            "num_envs": 2,
-            "overrides": ["collect.max_reply_tokens=4"],
-            "metrics_path": str(metrics_path),
-        },
+    run_notebook(
+        "01_base_model_prompting",
+        tmp_path,
+        models=[tiny_folders["llama"], tiny_folders["idefics3"]],
+        tasks=["NumberLine", "BabyAI-GoToLocal"],
+        episodes=2,
+        num_envs=2,
+        overrides=["collect.max_reply_tokens=4"],
+        metrics_path=str(metrics_path),
     )
     m = json.loads(metrics_path.read_text())
     assert m["hardware"] and m["episodes"] == 2 and m["seed"] == 10_000
@@ -197,34 +199,15 @@ def test_05_maxq_ablation_runs_four_arms_and_its_numbers_come_from_its_runs(tmp_
     from vlmq_core.tokens import seen_tokens
 
     metrics_path = tmp_path / "metrics.json"
-    overrides = [
-        f"model.name={tiny_folders['llama']}",
-        "data.sources.0.episodes=4",
-        "data.sources.1.episodes=1",
-        "data.sources.2.episodes=1",
-        "collect.num_envs=2",
-        "collect.max_reply_tokens=4",
-        "eval.episodes=2",
-        "train.steps=4",
-        "critic.hidden=32",
-        "train.batch_size=2",
-        "train.whiten_calib_turns=4",
-        "loss.filter_start_step=1",
-    ]
-    papermill.execute_notebook(
-        str(ROOT / "notebooks" / "05_maxq_ablation.ipynb"),
-        str(tmp_path / "05.ipynb"),
-        cwd=str(ROOT),
-        kernel_name="python3",
-        progress_bar=False,
-        parameters={
-            "overrides": overrides,
-            "curve_every": 2,
-            "curve_episodes": 2,
-            "usage_turns": 6,
-            "out_dir": str(tmp_path / "out"),
-            "metrics_path": str(metrics_path),
-        },
+    run_notebook(
+        "05_maxq_ablation",
+        tmp_path,
+        overrides=tiny_offline(tiny_folders["llama"], steps=4),
+        curve_every=2,
+        curve_episodes=2,
+        usage_turns=6,
+        out_dir=str(tmp_path / "out"),
+        metrics_path=str(metrics_path),
     )
     m = json.loads(metrics_path.read_text())
     out = tmp_path / "out"

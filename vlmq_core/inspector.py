@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -121,7 +123,18 @@ def filter_summary(
     return {f"filter/kept_{k}": (sum(v) / len(v) if v else float("nan")) for k, v in groups.items()}
 
 
-@torch.no_grad()
+@contextmanager
+def _inference(policy: Policy) -> Iterator[None]:
+    """The model in eval mode (no dropout) and no gradients inside; its previous mode restored after."""
+    was_training = policy.model.training
+    policy.model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        policy.model.train(was_training)
+
+
 def token_usage_summary(
     policy: Policy, transitions: list[Transition], seen: torch.Tensor, critic: bool = True, chunk: int = 8
 ) -> dict[str, float]:
@@ -129,29 +142,24 @@ def token_usage_summary(
     policy's current state: how much policy mass sits on tokens the data never uses (`seen`, (V,) bool, from
     :func:`vlmq_core.tokens.seen_tokens`), and with `critic` (false for a run that trained none), their Q-values
     against the data's tokens'."""
-    was_training = policy.model.training
-    policy.model.eval()
     sums: dict[str, float] = {}
     n = 0
-    for start in range(0, len(transitions), chunk):
-        batch = build_batch(policy, transitions[start : start + chunk])
-        heads = reply_heads(policy, batch, critic=critic)
-        stats = token_usage(policy, heads, seen.to(heads.logits.device), heads.q)
-        for k, v in stats.items():
-            sums[k] = sums.get(k, 0.0) + v * batch.num_tokens
-        n += batch.num_tokens
-    policy.model.train(was_training)
+    with _inference(policy):
+        for start in range(0, len(transitions), chunk):
+            batch = build_batch(policy, transitions[start : start + chunk])
+            heads = reply_heads(policy, batch, critic=critic)
+            stats = token_usage(policy, heads, seen.to(heads.logits.device), heads.q)
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v * batch.num_tokens
+            n += batch.num_tokens
     return {k: v / n for k, v in sums.items()}
 
 
-@torch.no_grad()
 def action_q(policy: Policy, transition: Transition) -> torch.Tensor:
     """(V,) unnormalised online Q-values over the whole vocabulary at the action token of one turn (the last reply
     token before the stop token): what a max-Q actor is pulled towards there."""
-    was_training = policy.model.training
-    policy.model.eval()
-    batch = build_batch(policy, [transition])
-    heads = reply_heads(policy, batch, critic=True)
-    policy.model.train(was_training)
+    with _inference(policy):
+        batch = build_batch(policy, [transition])
+        heads = reply_heads(policy, batch, critic=True)
     position = max(batch.num_tokens - 2, 0)
     return policy.popart.denormalize(heads.q[position].float()).cpu()

@@ -69,12 +69,18 @@ def encode_reply(policy: Policy, reply: str) -> list[int]:
     return policy.tokenizer(reply, add_special_tokens=False).input_ids + [policy.stop_token_id]
 
 
-def seen_tokens(policy: Policy, replies: Iterable[str], size: int) -> torch.Tensor:
+def seen_tokens(
+    policy: Policy, replies: Iterable[str], size: int, cache: dict[str, list[int]] | None = None
+) -> torch.Tensor:
     """(size,) bool: the token ids some reply uses, as :func:`encode_reply` tokenizes it (the stop token too);
-    `size` is the heads' vocabulary width (it may exceed the tokenizer's)."""
+    `size` is the heads' vocabulary width (it may exceed the tokenizer's). `cache` (reply -> ids), when given, is
+    read and filled, so a caller that rebuilds the mask tokenizes each distinct reply once."""
+    cache = {} if cache is None else cache
     seen = torch.zeros(size, dtype=torch.bool)
     for reply in set(replies):
-        seen[encode_reply(policy, reply)] = True
+        if reply not in cache:
+            cache[reply] = encode_reply(policy, reply)
+        seen[cache[reply]] = True
     return seen
 
 

@@ -34,7 +34,7 @@ from vlmq_core.losses import LossConfig, beta_schedule
 from vlmq_core.model import Policy
 from vlmq_core.objective import Targets, loss_from_heads, reply_heads, reply_hidden, td_targets
 from vlmq_core.report import check_report_to
-from vlmq_core.tokens import build_batch, encode_reply
+from vlmq_core.tokens import build_batch, seen_tokens
 
 
 @dataclass
@@ -202,11 +202,8 @@ class Trainer:
         """(size,) bool on the policy's device: the tokens of the buffer's replies as it is now (rebuilt when it
         has grown or shrunk), for the ``tokens/`` metrics (Fig. 5's unseen tokens)."""
         if self._seen is None or self._seen[0] != len(self.buffer):
-            mask = torch.zeros(size, dtype=torch.bool)
-            for reply in {t.reply for t in self.buffer.turns}:
-                if reply not in self._reply_ids:  # each distinct reply tokenized once per run
-                    self._reply_ids[reply] = encode_reply(self.policy, reply)
-                mask[self._reply_ids[reply]] = True
+            replies = (t.reply for t in self.buffer.turns)
+            mask = seen_tokens(self.policy, replies, size, cache=self._reply_ids)  # each reply tokenized once
             self._seen = (len(self.buffer), mask.to(self.policy.device))
         return self._seen[1]
 
