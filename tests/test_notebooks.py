@@ -83,6 +83,14 @@ def test_03_offline_afsft_runs_and_its_numbers_come_from_its_runs(tmp_path, tiny
     assert afsft.cfg.critic.init_q == m["afsft_init_q"] == data.min_return_to_go()
     cfg = config.load(RunConfig, run / "afsft" / "config.yaml")
     assert same(filter_summary(afsft, data.transitions(), loss=cfg.loss), m["afsft_filter"])
+    # executed by papermill (no one at the controls): the inspector is static HTML, and no widget is saved
+    outputs = [
+        o for c in json.loads((tmp_path / "03_offline_afsft.ipynb").read_text())["cells"] for o in c.get("outputs", [])
+    ]
+    widgets = [o["data"] for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert not any("Inspector" in "".join(w.get("text/plain", "")) for w in widgets)  # tqdm's bars are the others
+    static = [o["data"]["text/html"] for o in outputs if "Token inspector, static" in str(o.get("data", {}))]
+    assert len(static) == 1 and "kept " in "".join(static[0]) and "by critic Q" in "".join(static[0])
 
 
 @pytest.mark.slow

@@ -372,3 +372,39 @@ def test_token_usage_summary_weights_every_reply_position_equally(text_turns):
     for k in whole:
         assert chunked[k] == pytest.approx(whole[k], rel=1e-4), k
     assert token_usage_summary(policy, trans, seen, critic=False).keys() == {"tokens/pi_unseen"}
+
+
+def test_token_views_alternatives_ranks_and_episode_context(text_turns):
+    """The inspector's top-k by pi and by Q and the taken token's ranks, against a manual computation on the full
+    vocabulary; return-to-go and the previous reply from the episode; chunking changes nothing; the policy's
+    mode is restored."""
+    policy = make_policy("llama")
+    randomize_lora(policy)
+    policy.train()
+    trans = transitions(text_turns)
+    views = token_views(policy, trans, top_k=3, episodes={text_turns[0].episode_id: text_turns}, chunk=2)
+    assert policy.training and len(views) == len(trans)
+    policy.eval()
+    with torch.no_grad():
+        batch = build_batch(policy, trans)
+        heads = reply_heads(policy, batch, critic=True)
+    probs = heads.logits.softmax(-1)
+    q = policy.popart.denormalize(heads.q)
+    flat = [(view, j) for view in views for j in range(len(view.tokens))]
+    assert len(flat) == batch.num_tokens
+    for n, (view, j) in enumerate(flat):
+        taken = int(batch.tokens[n])
+        assert view.rank_pi[j] == int((probs[n] > probs[n, taken]).sum()) + 1
+        assert view.rank_q[j] == int((q[n] > q[n, taken]).sum()) + 1
+        best = probs[n].topk(3).indices
+        assert [p for _, p, _ in view.top_pi[j]] == pytest.approx(probs[n, best].tolist(), rel=1e-4)
+        assert [x for _, _, x in view.top_q[j]] == pytest.approx(q[n].topk(3).values.tolist(), rel=1e-4, abs=1e-5)
+        assert view.top_pi[j][0][0] == policy.tokenizer.decode([int(best[0])])
+    rewards = [t.reward for t in text_turns]
+    assert [v.return_to_go for v in views] == pytest.approx([sum(rewards[i:]) for i in range(len(views))])
+    assert views[0].previous_reply is None and views[1].previous_reply == text_turns[0].reply
+    assert views[0].next_obs == text_turns[1].obs and views[-1].next_obs is None
+    assert views[0].advantage_name == "Q(h, a) − V(h)" and views[0].sigma == pytest.approx(float(policy.popart.sigma))
+    whole = token_views(policy, trans, top_k=3)
+    assert [a for v in whole for a in v.advantage] == pytest.approx([a for v in views for a in v.advantage], abs=1e-5)
+    assert whole[0].return_to_go is None

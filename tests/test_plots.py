@@ -1,4 +1,4 @@
-"""Figures from vlmq_core.plots and the token browser widget (pure data in, plotly figures out; no display)."""
+"""Figures from vlmq_core.plots (pure data in, plotly figures out; no display)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,13 @@ import pytest
 
 from vlmq_core.inspector import TokenView
 from vlmq_core.plots import (
-    KEPT_COLOR,
     MASK_MARK,
-    MASKED_COLOR,
     eval_bars,
     learning_curves,
     metric_series,
     moving_average,
-    token_advantages,
     token_heatmap,
 )
-from vlmq_core.widgets import token_browser
 
 
 def _view(tokens: list[str], adv: list[float], kept: list[bool] | None = None, title: str = "t") -> TokenView:
@@ -128,32 +124,14 @@ def test_eval_bars_grouped_with_percent_labels_and_episodes():
 ## token views ##
 
 
-def test_token_advantages_colours_follow_mask_and_repeats_stay_distinct():
-    tokens = ["[action]", " +", " +", " +", "<|im_end|>"]
-    kept = [True, False, True, False, True]
-    view = _view(tokens, [0.3, -0.2, 0.1, -0.4, 0.05], kept=kept)
-    fig = token_advantages(view, beta=0.0)
-    (bar,) = fig.data
-    assert len(bar.x) == 5 and len(set(bar.x)) == 5
-    assert list(fig.layout.xaxis.categoryarray) == list(bar.x)
-    assert list(bar.marker.color) == [KEPT_COLOR if k else MASKED_COLOR for k in kept]
-    assert [row[1:4] for row in bar.customdata] == [[float(i), 0.5, -1.0] for i in range(5)]
-    assert [s.y0 for s in fig.layout.shapes] == [0.0]
-    assert "-2" in fig.layout.title.text
-    # a different beta moves the line; -inf (plain SFT) draws none
-    assert [s.y0 for s in token_advantages(view, beta=0.2).layout.shapes] == [0.2]
-    assert len(token_advantages(view, beta=-math.inf).layout.shapes) == 0
-
-
-def test_token_hover_shows_the_td_target_when_the_view_has_one():
+def test_token_heatmap_hover_shows_the_td_target_when_the_view_has_one():
     view = _view(["[action]", " +", "<end>"], [0.3, -0.2, 0.1])
-    assert [row[5] for row in token_advantages(view).data[0].customdata] == ["", "", ""]
+    assert [row[5] for row in token_heatmap([view]).data[0].customdata[0]] == ["", "", ""]
     view.td_target = [-1.0, -2.5, 0.25]
-    for fig in (token_advantages(view), token_heatmap([view])):
-        rows = fig.data[0].customdata
-        rows = rows[0] if isinstance(fig.data[0], go.Heatmap) else rows
-        assert [row[5] for row in rows] == ["<br>y -1.000", "<br>y -2.500", "<br>y 0.250"]
-        assert "%{customdata[5]}" in fig.data[0].hovertemplate
+    fig = token_heatmap([view])
+    assert [row[5] for row in fig.data[0].customdata[0]] == ["<br>y -1.000", "<br>y -2.500", "<br>y 0.250"]
+    assert "%{customdata[5]}" in fig.data[0].hovertemplate
+    assert fig.data[0].colorbar.title.text == f"A = {view.advantage_name}"
     with pytest.raises(ValueError, match="td_target"):
         TokenView(["a"], [0.0], [0.0], [0.0], [0.0], [True], "p", "r", 0.0, td_target=[1.0, 2.0])
 
@@ -176,26 +154,6 @@ def test_token_heatmap_dimensions_and_masked_marks():
     assert list(hm.text[1]) == [MASK_MARK + "x", "<end>", ""]
     assert len(set(hm.y)) == 2  # rows with equal titles stay distinct
     assert hm.zmid == 0.0
-
-
-## widget ##
-
-
-def test_token_browser_builds_and_follows_selection():
-    views = [
-        _view(["a", "a", "<end>"], [0.1, -0.1, 0.2], title="first"),
-        _view(["b", "c", "d", "<end>"], [-0.3, 0.3, -0.1, 0.4], title="second"),
-    ]
-    browser = token_browser(views)
-    assert browser.selector in browser.children and browser.text in browser.children
-    assert len(browser.figure.data[0].x) == 3 and "prompt &lt;first&gt;" in browser.text.value
-    browser.selector.value = 1
-    bar = browser.figure.data[0]
-    assert len(bar.x) == 4 and list(bar.y) == [-0.3, 0.3, -0.1, 0.4]
-    assert list(bar.marker.color) == [MASKED_COLOR, KEPT_COLOR, MASKED_COLOR, KEPT_COLOR]
-    assert "second" in browser.figure.layout.title.text and "prompt &lt;second&gt;" in browser.text.value
-    with pytest.raises(ValueError):
-        token_browser([])
 
 
 def test_setup_notebook_keeps_a_html_copy_of_every_figure(monkeypatch):

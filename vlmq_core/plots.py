@@ -57,8 +57,6 @@ DEFAULT_CURVE_KEYS: tuple[str, ...] = (
     "critic/adv_mean",
 )
 RUN_COLORS: tuple[str, ...] = tuple(qualitative.Plotly)
-KEPT_COLOR = "#2ca02c"  # green: the filter keeps the token (A >= beta)
-MASKED_COLOR = "#d62728"  # red: the filter masks the token out of the actor loss
 MASK_MARK = "×"
 
 
@@ -94,14 +92,9 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def _visible(token: str) -> str:
+def visible_token(token: str) -> str:
     """The token with spaces, newlines and tabs made visible (and the empty string shown as "∅")."""
     return token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥") or "∅"
-
-
-def token_label(i: int, token: str) -> str:
-    """A unique x-axis label for reply token ``i``: ``"<i>:<visible token>"``."""
-    return f"{i}:{_visible(token)}"
 
 
 ## Training ##
@@ -216,43 +209,6 @@ def _hover_rows(view: TokenView) -> list[list[object]]:
     ]
 
 
-def token_advantages(view: TokenView, beta: float = 0.0) -> go.Figure:
-    """Bars of the advantage the filter read for each reply token (``Q - V``, or ``y - V`` with
-    ``LossConfig.advantage = "td"``); green when the filter kept it, red when masked.
-
-    Tokens are x categories labelled ``"<index>:<token>"`` so repeated tokens stay distinct. A dashed
-    line marks ``beta`` (when finite); the hover gives Q, V, log pi and, when the view has it, the TD target y.
-    """
-    labels = [token_label(i, t) for i, t in enumerate(view.tokens)]
-    colors = [KEPT_COLOR if k else MASKED_COLOR for k in view.kept]
-    custom = _hover_rows(view)
-    fig = go.Figure(
-        go.Bar(
-            x=labels,
-            y=list(view.advantage),
-            marker={"color": colors},
-            customdata=custom,
-            name="advantage",
-            hovertemplate=(
-                "token %{customdata[0]}<br>A %{y:.3f} (%{customdata[4]})<br>Q %{customdata[1]:.3f}"
-                "<br>V %{customdata[2]:.3f}<br>log pi %{customdata[3]:.3f}%{customdata[5]}<extra></extra>"
-            ),
-        )
-    )
-    if math.isfinite(beta):
-        fig.add_hline(y=beta, line_dash="dash", line_color="grey", annotation_text=f"beta={beta:g}")
-    kept = sum(bool(k) for k in view.kept)
-    title = f"{view.title + ' · ' if view.title else ''}reward {view.reward:+g} · kept {kept}/{len(view.kept)}"
-    fig.update_layout(
-        title=title,
-        xaxis={"type": "category", "categoryorder": "array", "categoryarray": labels, "title": "reply token"},
-        yaxis={"title": "advantage A (PopArt units)"},
-        template="plotly_white",
-        showlegend=False,
-    )
-    return fig
-
-
 def token_heatmap(views: list[TokenView]) -> go.Figure:
     """Replies as rows, tokens as cells coloured by advantage (diverging, centred at 0).
 
@@ -266,7 +222,7 @@ def token_heatmap(views: list[TokenView]) -> go.Figure:
     for v in views:
         pad = width - len(v.tokens)
         z.append([float(a) for a in v.advantage] + [None] * pad)
-        marked = [("" if k else MASK_MARK) + _visible(t) for t, k in zip(v.tokens, v.kept, strict=True)]
+        marked = [("" if k else MASK_MARK) + visible_token(t) for t, k in zip(v.tokens, v.kept, strict=True)]
         text.append(marked + [""] * pad)
         custom.append(_hover_rows(v) + [["", None, None, None, "", ""]] * pad)
     rows = [f"{i}: {v.title or 'turn'} (r={v.reward:+g})" for i, v in enumerate(views)]
@@ -282,7 +238,7 @@ def token_heatmap(views: list[TokenView]) -> go.Figure:
             zmid=0.0,
             xgap=1,
             ygap=1,
-            colorbar={"title": "A"},
+            colorbar={"title": "A" if not views else f"A = {views[0].advantage_name}"},
             hoverongaps=False,
             hovertemplate=(
                 "token %{customdata[0]} (%{customdata[4]})<br>A %{z:.3f}<br>Q %{customdata[1]:.3f}"
@@ -291,7 +247,7 @@ def token_heatmap(views: list[TokenView]) -> go.Figure:
         )
     )
     fig.update_layout(
-        title=f"Advantage per reply token ({MASK_MARK} = masked by the filter)",
+        title=f"Advantage per reply token, PopArt-normalised ({MASK_MARK} = masked by the filter)",
         xaxis={"title": "reply token index"},
         yaxis={"autorange": "reversed", "type": "category"},
         height=max(250, 40 * len(views) + 150),
