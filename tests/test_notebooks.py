@@ -56,6 +56,48 @@ def tiny_offline(model: str, steps: int) -> list[str]:
 
 
 @pytest.mark.slow
+def test_02_dataset_building_runs_and_its_tables_come_from_its_datasets(tmp_path, tiny_folders):
+    """Notebook 02 on a tiny random model with a few episodes per source, checked against the datasets it wrote:
+    every table row is what the saved dataset gives, every source has the episodes asked for, the uncorrupted
+    oracle solves every NumberLine episode and random moves are always valid (a broken oracle, corruption or
+    parser shows here), and the training datasets land under out_dir, not in runs/."""
+    from vlmq_core.datasets import source_quality
+
+    sources = [
+        {"strategy": "random", "episodes": 3, "seed": 0},
+        {"strategy": "oracle", "episodes": 2, "seed": 3000, "corrupt_rate": 0.0},
+        {"strategy": "oracle", "episodes": 2, "seed": 3000, "corrupt_rate": 0.5},
+        {"strategy": "min_format", "episodes": 1, "seed": 2000},
+    ]
+    overrides = [f"model.name={tiny_folders['llama']}", "collect.num_envs=2", "collect.max_reply_tokens=4"]
+    run_notebook(
+        "02_dataset_building",
+        tmp_path,
+        overrides=overrides,
+        survey_sources=sources,
+        survey_tasks=["NumberLine", "Blackjack"],
+        out_dir=str(tmp_path / "out"),
+        metrics_path=str(tmp_path / "metrics.json"),
+    )
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["train_datasets"]["numberline"]["path"] == str(tmp_path / "out" / "numberline" / "data")
+    for name, record in [*m["train_datasets"].items(), *m["survey"].items()]:
+        assert record["sources"] == json.loads(json.dumps(source_quality(TurnBuffer(record["path"])))), name
+    survey = {task: {r["source"]: r for r in m["survey"][task]["sources"]} for task in m["survey"]}
+    for task, rows in survey.items():
+        assert [rows[s]["episodes"] for s in ("random", "oracle@0", "oracle@0.5")] == [3, 2, 2], task
+        assert rows["random"]["valid"] == 1.0 and rows["oracle@0"]["valid"] == 1.0
+    assert survey["NumberLine"]["oracle@0"]["success"] == 1.0
+    assert m["survey"]["Blackjack"]["limit"] == pytest.approx(0.4295, abs=1e-4)
+    outputs = [
+        o
+        for c in json.loads((tmp_path / "02_dataset_building.ipynb").read_text())["cells"]
+        for o in c.get("outputs", [])
+    ]
+    assert any("Dataset samples, static rendering" in str(o.get("data", {})) for o in outputs)
+
+
+@pytest.mark.slow
 def test_03_offline_afsft_runs_and_its_numbers_come_from_its_runs(tmp_path, tiny_folders):
     """Notebook 03 end to end on a tiny random model, then checked against its own outputs: the metrics file's
     evaluations are the runs' eval.json, its dataset statistics the dataset's, and its filter summary is what

@@ -9,7 +9,7 @@ import pytest
 
 from vlmq_core.inspector import FILTER_GROUPS, TokenView, group_kept
 from vlmq_core.widgets import (
-    StaticInspector,
+    StaticHTML,
     TokenInspector,
     alternatives_html,
     chips_html,
@@ -167,7 +167,7 @@ def test_inspector_positions_and_episode_walk():
 def test_inspect_is_static_without_an_interactive_front_end():
     assert not interactive_frontend()  # pytest: no kernel
     shown = inspect(_views(), static_turns=1)
-    assert isinstance(shown, StaticInspector)
+    assert isinstance(shown, StaticHTML)
     html = shown._repr_html_()
     assert "(the first 1 of 4)" in html and "<select" not in html and "<input" not in html
     with pytest.raises(ValueError, match="token_views"):

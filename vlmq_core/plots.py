@@ -292,3 +292,83 @@ def q_histogram(
         template="plotly_white",
     )
     return fig
+
+
+## Datasets ##
+
+
+def dataset_quality(tables: dict[str, list[dict]], limits: dict[str, float | None] | None = None) -> go.Figure:
+    """Per task (columns), each source's success rate with its standard error (top) and valid-reply share
+    (bottom), from :func:`vlmq_core.datasets.source_quality` rows; a dashed line marks the task's limit (the best
+    success any policy reaches) where `limits` has one. The ``all`` row is the dataset as a whole."""
+    tasks = list(tables)
+    fig = make_subplots(rows=2, cols=max(1, len(tasks)), shared_yaxes=True, subplot_titles=tasks, vertical_spacing=0.12)
+    for c, task in enumerate(tasks, start=1):
+        rows = tables[task]
+        names = [r["source"] for r in rows]
+        colours = ["#7f7f7f" if n == "all" else RUN_COLORS[i % len(RUN_COLORS)] for i, n in enumerate(names)]
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=[r["success"] for r in rows],
+                error_y={"type": "data", "array": [r["success_se"] for r in rows]},
+                marker_color=colours,
+                customdata=[[r["episodes"], r["return"]] for r in rows],
+                hovertemplate="%{x}<br>success %{y:.1%}<br>episodes %{customdata[0]}<br>mean return "
+                "%{customdata[1]:.2f}<extra></extra>",
+                showlegend=False,
+            ),
+            row=1,
+            col=c,
+        )
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=[r["valid"] for r in rows],
+                marker_color=colours,
+                opacity=0.6,
+                hovertemplate="%{x}<br>valid replies %{y:.1%}<extra></extra>",
+                showlegend=False,
+            ),
+            row=2,
+            col=c,
+        )
+        limit = (limits or {}).get(task)
+        if limit is not None:
+            fig.add_hline(
+                y=limit, line_dash="dash", line_color="black", row=1, col=c, annotation_text=f"limit {limit:.1%}"
+            )
+    fig.update_yaxes(tickformat=".0%", range=[0, 1.1])
+    fig.update_yaxes(title_text="success", row=1, col=1)
+    fig.update_yaxes(title_text="valid replies", row=2, col=1)
+    fig.update_layout(
+        title="Dataset quality by source", template="plotly_white", height=620, width=max(700, 260 * len(tasks))
+    )
+    return fig
+
+
+def return_distributions(returns: dict[str, dict[str, list[float]]]) -> go.Figure:
+    """Per task (columns), a box of episode returns per source (every episode a point), from
+    :func:`vlmq_core.datasets.returns_by_source`."""
+    tasks = list(returns)
+    fig = make_subplots(rows=1, cols=max(1, len(tasks)), subplot_titles=tasks)
+    for c, task in enumerate(tasks, start=1):
+        for i, (source, values) in enumerate(returns[task].items()):
+            fig.add_trace(
+                go.Box(
+                    y=values,
+                    name=source,
+                    boxpoints="all",
+                    jitter=0.4,
+                    pointpos=0,
+                    marker={"size": 3, "color": RUN_COLORS[i % len(RUN_COLORS)]},
+                    showlegend=False,
+                ),
+                row=1,
+                col=c,
+            )
+    fig.update_yaxes(title_text="episode return", row=1, col=1)
+    fig.update_layout(
+        title="Episode returns by source", template="plotly_white", height=420, width=max(700, 260 * len(tasks))
+    )
+    return fig

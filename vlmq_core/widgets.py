@@ -4,7 +4,8 @@
 :class:`TokenInspector` (filters, sorting, a live ``beta`` slider, top-k alternatives per position, the episode
 around each turn); where no one can use controls (papermill, ``nbconvert --execute``, a script) it returns a
 :class:`StaticInspector`, plain HTML of a few turns that any notebook viewer shows without a kernel or JavaScript.
-The ``*_html`` functions are pure: views in, an HTML string out.
+:func:`browse_samples` does the same for a dataset's turns (notebook 02). The ``*_html`` functions are pure: views
+or turns in, an HTML string out.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import ipywidgets as widgets
 
 from vlmq_core.inspector import FILTER_GROUPS, TokenView, group_kept
 from vlmq_core.plots import visible_token
+from vlmq_core.turns import Turn
 
 KEPT_RGB = (44, 160, 44)  # green: A >= beta, the actor imitates the token
 MASKED_RGB = (214, 39, 40)  # red: A < beta, masked out of the actor loss
@@ -206,14 +208,14 @@ def static_html(views: list[TokenView], beta: float | None = None, limit: int = 
     return f"<div>{note}{units_html(views[0])}{''.join(turn_html(v, beta) for v in shown)}</div>"
 
 
-class StaticInspector:
-    """What :func:`inspect` returns without an interactive front end: HTML of a few turns, no controls."""
+class StaticHTML:
+    """What :func:`inspect` and :func:`browse_samples` return without an interactive front end: HTML, no controls."""
 
-    def __init__(self, views: list[TokenView], beta: float | None = None, limit: int = 6) -> None:
-        self.views, self.beta, self.limit = list(views), beta, limit
+    def __init__(self, html: str) -> None:
+        self.html = html
 
     def _repr_html_(self) -> str:
-        return static_html(self.views, self.beta, self.limit)
+        return self.html
 
 
 ## Widget ##
@@ -410,9 +412,103 @@ def interactive_frontend() -> bool:
     return kernel is not None and bool(getattr(kernel, "_allow_stdin", False))
 
 
-def inspect(views: list[TokenView], beta: float = 0.0, static_turns: int = 6) -> TokenInspector | StaticInspector:
+def inspect(views: list[TokenView], beta: float = 0.0, static_turns: int = 6) -> TokenInspector | StaticHTML:
     """The token inspector over `views` (:func:`vlmq_core.inspector.token_views`): the live widget where a person
     drives the notebook, else the static HTML of the first `static_turns` turns (no control that cannot work)."""
     if interactive_frontend():
         return TokenInspector(views, beta)
-    return StaticInspector(views, beta, static_turns)
+    return StaticHTML(static_html(views, beta, static_turns))
+
+
+## Dataset samples ##
+
+
+def sample_html(turn: Turn) -> str:
+    """One dataset turn as a card: image, task, source, strategy, reward, validity, the prompt and the reply."""
+    image = ""
+    if turn.image is not None:
+        data = base64.b64encode(turn.image).decode()
+        image = f"<img src='data:image/png;base64,{data}' style='max-width:200px;margin-right:12px'/>"
+    facts = (
+        f"<b>{html.escape(turn.task)}</b> · {html.escape(turn.source)}/{html.escape(turn.strategy)} · turn {turn.t} · "
+        f"reward {turn.reward:+g} · {'valid' if turn.valid else 'invalid'} reply"
+        + (" · ends the episode" if turn.done else "")
+    )
+    body = (
+        f"<div style='font-size:12px'>{facts}</div><details><summary>prompt</summary>{_pre(turn.prompt)}</details>"
+        f"<div style='font-size:12px'>reply</div>{_pre(turn.reply, 5)}"
+    )
+    return (
+        "<div style='display:flex;align-items:flex-start;border-top:1px solid #ccc;padding-top:6px;margin-top:6px'>"
+        f"{image}<div style='flex:1'>{body}</div></div>"
+    )
+
+
+def static_samples(turns: list[Turn], per_source: int = 1) -> str:
+    """The first `per_source` turns of each (task, source) as :func:`sample_html` cards: an executed notebook's
+    sample browser."""
+    seen: dict[tuple[str, str], int] = {}
+    cards = []
+    for turn in turns:
+        key = (turn.task, f"{turn.source}/{turn.strategy}")
+        if seen.get(key, 0) < per_source:
+            seen[key] = seen.get(key, 0) + 1
+            cards.append(sample_html(turn))
+    note = (
+        f"<div style='font-size:12px;color:#666'>Dataset samples, static rendering: {len(cards)} of {len(turns)} "
+        "turns, one per task and source; run the notebook in JupyterLab to browse them all.</div>"
+    )
+    return note + "".join(cards)
+
+
+class SampleBrowser(widgets.VBox):
+    """Browse a dataset's turns: ``task``, ``source`` (source/strategy) and ``validity`` filter them, ``index``
+    steps through what passes; ``card`` shows the turn (:func:`sample_html`)."""
+
+    def __init__(self, turns: list[Turn]) -> None:
+        if not turns:
+            raise ValueError("the sample browser needs at least one turn: build a dataset first")
+        self.all_turns = list(turns)
+        self.task = widgets.Dropdown(options=["all", *sorted({t.task for t in turns})], description="task")
+        sources = sorted({f"{t.source}/{t.strategy}" for t in turns})
+        self.source = widgets.Dropdown(options=["all", *sources], description="source")
+        self.validity = widgets.Dropdown(options=["all", "valid", "invalid"], description="reply")
+        self.index = widgets.IntSlider(min=0, max=0, description="turn")
+        self.count, self.card = widgets.HTML(), widgets.HTML()
+        for control in (self.task, self.source, self.validity):
+            control.observe(lambda _: self._refilter(), names="value")
+        self.index.observe(lambda _: self._show(), names="value")
+        super().__init__(
+            [widgets.HBox([self.task, self.source, self.validity]), widgets.HBox([self.index, self.count]), self.card]
+        )
+        self._refilter()
+
+    def filtered(self) -> list[Turn]:
+        """The turns the controls select, in dataset order."""
+        return [
+            t
+            for t in self.all_turns
+            if self.task.value in ("all", t.task)
+            and self.source.value in ("all", f"{t.source}/{t.strategy}")
+            and self.validity.value in ("all", "valid" if t.valid else "invalid")
+        ]
+
+    def _refilter(self) -> None:
+        self._turns = self.filtered()
+        self.index.max = max(0, len(self._turns) - 1)
+        self.index.value = 0
+        self.count.value = f"<span style='margin-left:12px'>{len(self._turns)} of {len(self.all_turns)} turns</span>"
+        self._show()
+
+    def _show(self) -> None:
+        if not self._turns:
+            self.card.value = "<div>no turn passes these filters</div>"
+            return
+        self.card.value = sample_html(self._turns[self.index.value])
+
+
+def browse_samples(turns: list[Turn], static_per_source: int = 1) -> SampleBrowser | StaticHTML:
+    """The sample browser where a person drives the notebook, else :func:`static_samples` (no dead controls)."""
+    if interactive_frontend():
+        return SampleBrowser(turns)
+    return StaticHTML(static_samples(turns, static_per_source))
