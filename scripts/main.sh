@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Set up, then run the main job: papermill executes the notebooks on the embedded model into nbs_outputs/
-# (01 base models prompted, 03 offline AFSFT, 04 offline to online and 05 the max-Q ablation, which reuse 03's runs),
+# (01 base models prompted, 02 the datasets (those 03-05 train on, and a survey of every task), 03 offline AFSFT,
+# 04 offline to online and 05 the max-Q ablation, which reuses 03's runs),
 # printing each notebook's wall time, then the headline numbers from their metrics files.
 #   bash scripts/main.sh                 # every notebook, in order
 #   bash scripts/main.sh 03 04           # only these (by number)
 #   bash scripts/main.sh 03 -y "overrides: [train.steps=400]"   # later arguments go to papermill for each notebook
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-all=(01_base_model_prompting 03_offline_afsft 04_offline_to_online 05_maxq_ablation)
+all=(01_base_model_prompting 02_dataset_building 03_offline_afsft 04_offline_to_online 05_maxq_ablation)
 chosen=()
 while [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]{2}$ ]]; do
   match=""
@@ -43,6 +44,13 @@ if path.is_file():
     out["01_base_model_prompting"] = {
         model: {task: {k: {"valid": r["valid"], "success": r["success"]} for k, r in runs.items()} for task, runs in tasks.items()}
         for model, tasks in m["results"].items()
+    }
+path = Path("nbs_outputs/02_dataset_building.metrics.json")
+if path.is_file():
+    m = json.loads(path.read_text())
+    pick = ("episodes", "success", "valid")
+    out["02_dataset_building"] = {
+        task: {r["source"]: {k: r[k] for k in pick} for r in record["sources"]} for task, record in m["survey"].items()
     }
 path = Path("nbs_outputs/03_offline_afsft.metrics.json")
 if path.is_file():

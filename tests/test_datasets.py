@@ -90,11 +90,11 @@ def test_quality_figures(buffer):
     rows = source_quality(buffer)
     fig = dataset_quality({"NumberLine": rows, "Blackjack": rows}, {"NumberLine": 1.0, "Blackjack": None})
     success, valid = fig.data[0], fig.data[1]
-    assert list(success.x) == ["random", "oracle@0.5", "model/agent", "all"] and list(success.y) == [0.5, 1, 0, 0.5]
+    assert list(success.x) == ["random", "oracle@0.5", "model: agent", "all"] and list(success.y) == [0.5, 1, 0, 0.5]
     assert list(valid.y) == pytest.approx([1, 1, 1 / 3, 7 / 9])
     assert len(fig.data) == 4 and [s.y0 for s in fig.layout.shapes] == [1.0]  # one limit line, NumberLine's
     box = return_distributions({"NumberLine": returns_by_source(buffer)})
-    assert [t.name for t in box.data] == ["random", "oracle@0.5", "model/agent"] and list(box.data[0].y) == [0, -3]
+    assert [t.name for t in box.data] == ["random", "oracle@0.5", "model: agent"] and list(box.data[0].y) == [0, -3]
 
 
 def test_sample_browser_filters_and_static_cards(buffer):

@@ -297,6 +297,11 @@ def q_histogram(
 ## Datasets ##
 
 
+def _source_label(source: str) -> str:
+    """A short axis label: ``<model>/<strategy>`` becomes ``model: <strategy>`` (the hover keeps the full name)."""
+    return f"model: {source.rsplit('/', 1)[1]}" if "/" in source else source
+
+
 def dataset_quality(tables: dict[str, list[dict]], limits: dict[str, float | None] | None = None) -> go.Figure:
     """Per task (columns), each source's success rate with its standard error (top) and valid-reply share
     (bottom), from :func:`vlmq_core.datasets.source_quality` rows; a dashed line marks the task's limit (the best
@@ -305,7 +310,7 @@ def dataset_quality(tables: dict[str, list[dict]], limits: dict[str, float | Non
     fig = make_subplots(rows=2, cols=max(1, len(tasks)), shared_yaxes=True, subplot_titles=tasks, vertical_spacing=0.12)
     for c, task in enumerate(tasks, start=1):
         rows = tables[task]
-        names = [r["source"] for r in rows]
+        names = [_source_label(r["source"]) for r in rows]
         colours = ["#7f7f7f" if n == "all" else RUN_COLORS[i % len(RUN_COLORS)] for i, n in enumerate(names)]
         fig.add_trace(
             go.Bar(
@@ -313,8 +318,8 @@ def dataset_quality(tables: dict[str, list[dict]], limits: dict[str, float | Non
                 y=[r["success"] for r in rows],
                 error_y={"type": "data", "array": [r["success_se"] for r in rows]},
                 marker_color=colours,
-                customdata=[[r["episodes"], r["return"]] for r in rows],
-                hovertemplate="%{x}<br>success %{y:.1%}<br>episodes %{customdata[0]}<br>mean return "
+                customdata=[[r["episodes"], r["return"], r["source"]] for r in rows],
+                hovertemplate="%{customdata[2]}<br>success %{y:.1%}<br>episodes %{customdata[0]}<br>mean return "
                 "%{customdata[1]:.2f}<extra></extra>",
                 showlegend=False,
             ),
@@ -327,7 +332,8 @@ def dataset_quality(tables: dict[str, list[dict]], limits: dict[str, float | Non
                 y=[r["valid"] for r in rows],
                 marker_color=colours,
                 opacity=0.6,
-                hovertemplate="%{x}<br>valid replies %{y:.1%}<extra></extra>",
+                customdata=[r["source"] for r in rows],
+                hovertemplate="%{customdata}<br>valid replies %{y:.1%}<extra></extra>",
                 showlegend=False,
             ),
             row=2,
@@ -339,6 +345,7 @@ def dataset_quality(tables: dict[str, list[dict]], limits: dict[str, float | Non
                 y=limit, line_dash="dash", line_color="black", row=1, col=c, annotation_text=f"limit {limit:.1%}"
             )
     fig.update_yaxes(tickformat=".0%", range=[0, 1.1])
+    fig.update_xaxes(showticklabels=False, row=1)  # the bottom row names the sources
     fig.update_yaxes(title_text="success", row=1, col=1)
     fig.update_yaxes(title_text="valid replies", row=2, col=1)
     fig.update_layout(
@@ -357,7 +364,7 @@ def return_distributions(returns: dict[str, dict[str, list[float]]]) -> go.Figur
             fig.add_trace(
                 go.Box(
                     y=values,
-                    name=source,
+                    name=_source_label(source),
                     boxpoints="all",
                     jitter=0.4,
                     pointpos=0,
