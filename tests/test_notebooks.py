@@ -98,7 +98,8 @@ def test_02_dataset_building_runs_and_its_tables_come_from_its_datasets(tmp_path
 
 
 @pytest.mark.slow
-def test_03_offline_afsft_runs_and_its_numbers_come_from_its_runs(tmp_path, tiny_folders):
+@pytest.mark.parametrize("task", ["NumberLine", "EZPoints"])
+def test_03_offline_afsft_runs_and_its_numbers_come_from_its_runs(tmp_path, tiny_folders, task):
     """Notebook 03 end to end on a tiny random model, then checked against its own outputs: the metrics file's
     evaluations are the runs' eval.json, its dataset statistics the dataset's, and its filter summary is what
     the saved AFSFT checkpoint gives on the saved dataset (a wrong checkpoint, a lost critic, PopArt or whitening
@@ -106,11 +107,16 @@ def test_03_offline_afsft_runs_and_its_numbers_come_from_its_runs(tmp_path, tiny
     metrics_path = tmp_path / "metrics.json"
     overrides = tiny_offline(tiny_folders["llama"], steps=3)
     run_notebook(
-        "03_offline_afsft", tmp_path, overrides=overrides, out_dir=str(tmp_path / "run"), metrics_path=str(metrics_path)
+        "03_offline_afsft",
+        tmp_path,
+        task=task,
+        overrides=overrides,
+        out_dir=str(tmp_path / "run"),
+        metrics_path=str(metrics_path),
     )
     m = json.loads(metrics_path.read_text())
     run = tmp_path / "run"
-    assert m["task"] == "NumberLine" and m["model"] == tiny_folders["llama"] and m["hardware"] and m["episodes"] == 2
+    assert m["task"] == task and m["model"] == tiny_folders["llama"] and m["hardware"] and m["episodes"] == 2
     for name in ("sft", "afsft"):
         saved = json.loads((run / name / "eval.json").read_text())
         assert m[name] == {k: saved[f"eval/{k}"] for k in m[name]}, name
@@ -120,7 +126,9 @@ def test_03_offline_afsft_runs_and_its_numbers_come_from_its_runs(tmp_path, tiny
         assert cfg.model.name == tiny_folders["llama"] and cfg.run_dir == str(run / name)
     assert m["base"]["episodes"] == 2
     data = TurnBuffer(run / "data")
-    assert m["dataset"] == json.loads(json.dumps(data.stats())) and m["dataset"]["buffer/episodes"] == 6
+    asked = sum(source["episodes"] for source in m["configs"]["afsft"]["data"]["sources"])
+    assert m["dataset"] == json.loads(json.dumps(data.stats())) and m["dataset"]["buffer/episodes"] == asked
+    assert asked == {"NumberLine": 6, "EZPoints": 18}[task]  # the tiny overrides shrink sources 0-2 only
     afsft = load_checkpoint(run / "afsft", device="cpu")
     assert afsft.cfg.critic.init_q == m["afsft_init_q"] == data.min_return_to_go()
     cfg = config.load(RunConfig, run / "afsft" / "config.yaml")

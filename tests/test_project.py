@@ -6,6 +6,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,9 +111,22 @@ def test_readme_online_results_match_the_committed_metrics():
             assert cells[4:] == [str(record["env_steps"]), str(record["updates"])], (task, cells)
 
 
-def test_readme_prose_results_of_notebooks_01_and_05_match_their_metrics():
-    """The README's paragraphs on notebooks 01 and 05 quote their committed metrics files."""
+def test_readme_prose_results_of_notebooks_01_02_and_05_match_their_metrics():
+    """The README's paragraphs on notebooks 01, 02 and 05 quote their committed metrics files."""
     readme = " ".join((ROOT / "README.md").read_text().split())
+    survey = json.loads((ROOT / "nbs_outputs" / "02_dataset_building.metrics.json").read_text())["survey"]
+    rows = {task: {r["source"]: r for r in record["sources"]} for task, record in survey.items()}
+    wins = [rows[t]["random"]["success"] for t in ("NumberLine", "BabyAI-GoToLocal", "Blackjack")]
+    assert (
+        "random valid moves win {:.0%} of NumberLine, {:.0%} of BabyAI and {:.0%} of Blackjack".format(*wins) in readme
+    )
+    assert rows["EZPoints"]["random"]["success"] == rows["Points24"]["random"]["success"] == 0
+    p24 = [rows["Points24"][f"oracle@{r}"]["success"] for r in ("0", "0.25", "0.5")]
+    assert (
+        "wins {:.0%}, {:.0%} and {:.0%} of Points24 (limit {:.1%})".format(*p24, survey["Points24"]["limit"]) in readme
+    )
+    agent = [r["valid"] for t in rows.values() for s, r in t.items() if s.endswith("/agent")]
+    assert f"are {100 * min(agent):.0f}-{max(agent):.0%} valid with `agent` prompting" in readme
     m01 = json.loads((ROOT / "nbs_outputs" / "01_base_model_prompting.metrics.json").read_text())
     (tasks,) = m01["results"].values()
     agent = [runs["agent/text"]["valid"] for runs in tasks.values()]
@@ -151,3 +165,19 @@ def test_overrides_quoted_in_the_docs_are_valid_config_keys():
     assert len(quoted) >= 10, quoted
     for override in sorted(quoted):
         load_config(None, [override])  # raises ConfigError naming the key if the docs drifted
+
+
+@pytest.mark.parametrize("task", ["NumberLine", "EZPoints", "Points24", "Blackjack"])
+def test_every_gym_cards_task_has_notebook_03_configs_that_differ_only_in_the_method(task, monkeypatch):
+    """Notebook 03's `task` parameter: each Gym Cards task has an SFT and an AFSFT config on the same data, play and
+    evaluation (notebook_configs checks), differing only in run_dir, the critic and the loss."""
+    from vlmq_core import config
+    from vlmq_core.run import notebook_configs, task_config_files
+
+    monkeypatch.chdir(ROOT)
+    cfgs = notebook_configs(task_config_files(task))
+    sft, afsft = cfgs["sft"], cfgs["afsft"]
+    assert afsft.collect.task == task and afsft.loss.actor == "afsft" and sft.loss.actor == "sft"
+    differ = {key.split(".")[0] for key in config.differences(sft, afsft)}  # sections of the whole RunConfig
+    assert differ <= {"run_dir", "critic", "loss"}, differ
+    assert sft.run_dir != afsft.run_dir and Path(afsft.data.path).parent.name == task.lower()

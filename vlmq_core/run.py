@@ -78,6 +78,23 @@ def load_config(path: str | os.PathLike | None, overrides: Iterable[str] | Mappi
     return config.load(RunConfig, path, overrides, prepare=merge_preset)
 
 
+def task_config_files(task: str, root: str | os.PathLike = "configs") -> dict[str, str]:
+    """Notebook 03's runs for a task: ``{"sft": <root>/<task>_sft.yaml, "afsft": <root>/<task>_afsft.yaml}``
+    (the task's short name, lower case). ConfigError names the tasks that have both files."""
+    files = {name: f"{root}/{task.lower()}_{name}.yaml" for name in ("sft", "afsft")}
+    if all(Path(f).is_file() for f in files.values()):
+        return files
+    have = sorted(
+        p.name.removesuffix("_afsft.yaml")
+        for p in Path(root).glob("*_afsft.yaml")
+        if (p.parent / p.name.replace("_afsft", "_sft")).is_file()
+    )
+    raise ConfigError(
+        f"No offline configs for task {task!r}: {files['sft']} and {files['afsft']} are needed; tasks with both: "
+        f"{', '.join(have) or 'none'} (or pass config_files explicitly)."
+    )
+
+
 def notebook_configs(
     files: Mapping[str, str], overrides: Iterable[str] | Mapping[str, Any] = (), out_dir: str | None = None
 ) -> dict[str, RunConfig]:
