@@ -3,8 +3,9 @@ both driven by Debian's Chromium through playwright, with screenshots to look at
 
     python scripts/diagnostics/inspector_browser.py [--run runs/numberline/afsft] [--out docs/images]
 
-Needs notebook 03's AFSFT run (its config names the data), ``jupyterlab``, ``nbconvert``, ``playwright`` (the
-Python package only: never ``playwright install``) and ``/usr/bin/chromium`` (``apt-get install chromium``).
+Needs notebook 03's AFSFT run (its config names the data), ``pip install -e .[notebooks,browser]`` (jupyterlab,
+nbconvert, playwright: the Python package only, never ``playwright install``) and ``/usr/bin/chromium``
+(``apt-get install chromium``).
 Checks, failing loudly: the widget renders; moving beta changes the kept count; a group button filters the turns;
 another turn and position update the alternatives; the executed (papermill) notebook has no widget, only the
 static chips, and its HTML export shows them. Writes ``inspector_lab*.png`` and ``inspector_static.png``.
