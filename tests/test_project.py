@@ -111,8 +111,8 @@ def test_readme_online_results_match_the_committed_metrics():
             assert cells[4:] == [str(record["env_steps"]), str(record["updates"])], (task, cells)
 
 
-def test_readme_prose_results_of_notebooks_01_02_and_05_match_their_metrics():
-    """The README's paragraphs on notebooks 01, 02 and 05 quote their committed metrics files."""
+def test_readme_prose_results_of_notebooks_01_02_03_and_05_match_their_metrics():
+    """The README's paragraphs on notebooks 01, 02, 03 (Blackjack) and 05 quote their committed metrics files."""
     readme = " ".join((ROOT / "README.md").read_text().split())
     survey = json.loads((ROOT / "nbs_outputs" / "02_dataset_building.metrics.json").read_text())["survey"]
     rows = {task: {r["source"]: r for r in record["sources"]} for task, record in survey.items()}
@@ -125,6 +125,10 @@ def test_readme_prose_results_of_notebooks_01_02_and_05_match_their_metrics():
     assert (
         "wins {:.0%}, {:.0%} and {:.0%} of Points24 (limit {:.1%})".format(*p24, survey["Points24"]["limit"]) in readme
     )
+    bj = json.loads((ROOT / "nbs_outputs" / "03_offline_afsft_blackjack.metrics.json").read_text())
+    sft, afsft = (f"{bj[k]['success']:.0%} (SE {100 * bj[k]['success_se']:.1f})" for k in ("sft", "afsft"))
+    won = f"({bj['dataset']['buffer/success_frac']:.1%} won), SFT wins {sft}"
+    assert won in readme and f"AFSFT {afsft} of 100" in readme
     agent = [r["valid"] for t in rows.values() for s, r in t.items() if s.endswith("/agent")]
     assert f"are {100 * min(agent):.0f}-{max(agent):.0%} valid with `agent` prompting" in readme
     m01 = json.loads((ROOT / "nbs_outputs" / "01_base_model_prompting.metrics.json").read_text())
