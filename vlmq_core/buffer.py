@@ -284,6 +284,14 @@ class TurnBuffer:
             out.setdefault(turn.episode_id, []).append(turn)
         return {eid: sorted(turns, key=lambda turn: turn.t) for eid, turns in out.items()}
 
+    def complete_episodes(self) -> list[list[Turn]]:
+        """Episodes held whole (turns 0..T present, turn T done), in order of first appearance."""
+        return [
+            turns
+            for turns in self.episodes().values()
+            if turns[-1].done and [turn.t for turn in turns] == list(range(len(turns)))
+        ]
+
     def transitions(self) -> list[Transition]:
         """(turn, next turn of the same episode) pairs, in insertion order; cached until the next change.
 
@@ -328,11 +336,7 @@ class TurnBuffer:
     def stats(self) -> dict:
         """Summary for logging. Complete episodes (turns 0..T present, turn T done) give the return and
         success figures; these are NaN when there is no complete episode (and `valid_frac` when empty)."""
-        complete = [
-            turns
-            for turns in self.episodes().values()
-            if turns[-1].done and [turn.t for turn in turns] == list(range(len(turns)))
-        ]
+        complete = self.complete_episodes()
         nan = float("nan")
         return {
             "buffer/turns": len(self),

@@ -30,15 +30,6 @@ def survey_config(
     return config.apply_overrides(cfg, list(overrides))
 
 
-def complete_episodes(buffer: TurnBuffer) -> list[list[Turn]]:
-    """Episodes held whole (turns 0..T, turn T done), in order of first appearance."""
-    return [
-        turns
-        for turns in buffer.episodes().values()
-        if turns[-1].done and [turn.t for turn in turns] == list(range(len(turns)))
-    ]
-
-
 def source_of(turn: Turn) -> str:
     """A turn's source as the tables name it: ``random``, ``oracle@0.25`` or ``<model>/<strategy>``."""
     if turn.strategy in ("random", "oracle"):
@@ -59,7 +50,7 @@ def source_quality(buffer: TurnBuffer) -> list[dict[str, Any]]:
     undiscounted episode return), ``valid`` (share of replies that parse to an action), ``length`` (turns per
     episode); then one ``all`` row over every episode."""
     by_source: dict[str, list[list[Turn]]] = {}
-    episodes = complete_episodes(buffer)
+    episodes = buffer.complete_episodes()
     for turns in episodes:
         by_source.setdefault(source_of(turns[0]), []).append(turns)
     rows = [_quality(name, eps) for name, eps in by_source.items()]
@@ -90,7 +81,7 @@ def _quality(name: str, episodes: list[list[Turn]]) -> dict[str, Any]:
 def returns_by_source(buffer: TurnBuffer) -> dict[str, list[float]]:
     """Each source's episode returns (complete episodes), for the return distributions."""
     out: dict[str, list[float]] = {}
-    for turns in complete_episodes(buffer):
+    for turns in buffer.complete_episodes():
         out.setdefault(source_of(turns[0]), []).append(sum(turn.reward for turn in turns))
     return out
 

@@ -160,8 +160,8 @@ def token_views(
     token (stop token last) its advantage (``Q - V`` by default (Eq. 5), ``(y - V_bar) / sigma`` with
     ``loss.advantage == "td"``), Q(h, a), the V that advantage subtracts, the TD target y (``td`` only),
     log pi(a|h), the Eq. 4 mask at `beta`, and the `top_k` alternatives by pi and by Q with the taken token's
-    ranks. With `episodes` (``TurnBuffer.episodes()``) each view also gets its return-to-go and the previous
-    reply. `chunk` turns go through the model at a time. Changes nothing."""
+    ranks (none with ``top_k=0``). With `episodes` (``TurnBuffer.episodes()``) each view also gets its
+    return-to-go and the previous reply. `chunk` turns go through the model at a time. Changes nothing."""
     loss = loss or LossConfig()
     views: list[TokenView] = []
     with _inference(policy):
@@ -184,13 +184,14 @@ def _views_of(
     adv = filter_advantage(policy, heads, heads.q, targets, loss)  # (N,)
     keep = losses.advantage_filter(adv, beta)
     q_all = policy.popart.denormalize(heads.q.float())  # (N, V) return units
-    probs = heads.logits.float().softmax(-1)  # (N, V)
     taken = batch.tokens[:, None]
     q_un = q_all.gather(1, taken).squeeze(1)
-    rank_pi = (probs > probs.gather(1, taken)).sum(-1) + 1  # (N,)
-    rank_q = (q_all > q_all.gather(1, taken)).sum(-1) + 1
-    k = min(top_k, probs.shape[1])
-    by_pi, by_q = probs.topk(k, -1).indices, q_all.topk(k, -1).indices  # (N, k)
+    if top_k:  # the alternatives and ranks (filter_summary needs none of it)
+        probs = heads.logits.float().softmax(-1)  # (N, V)
+        rank_pi = (probs > probs.gather(1, taken)).sum(-1) + 1  # (N,)
+        rank_q = (q_all > q_all.gather(1, taken)).sum(-1) + 1
+        k = min(top_k, probs.shape[1])
+        by_pi, by_q = probs.topk(k, -1).indices, q_all.topk(k, -1).indices  # (N, k)
     td = loss.advantage == "td"
     v_un = targets.v_bar if td else policy.popart.denormalize(losses.expected_value(heads.logits, heads.q))
     decode = lambda i: policy.tokenizer.decode([i])  # noqa: E731
@@ -216,10 +217,10 @@ def _views_of(
                 beta=beta,
                 sigma=float(policy.popart.sigma),
                 advantage_name=ADVANTAGE_NAMES[loss.advantage],
-                top_pi=[_ranked(probs[j], q_all[j], by_pi[j], decode) for j in idx.tolist()],
-                top_q=[_ranked(probs[j], q_all[j], by_q[j], decode) for j in idx.tolist()],
-                rank_pi=rank_pi[idx].tolist(),
-                rank_q=rank_q[idx].tolist(),
+                top_pi=[_ranked(probs[j], q_all[j], by_pi[j], decode) for j in idx.tolist()] if top_k else None,
+                top_q=[_ranked(probs[j], q_all[j], by_q[j], decode) for j in idx.tolist()] if top_k else None,
+                rank_pi=rank_pi[idx].tolist() if top_k else None,
+                rank_q=rank_q[idx].tolist() if top_k else None,
                 source=turn.source,
                 strategy=turn.strategy,
                 valid=turn.valid,
@@ -252,7 +253,7 @@ def filter_summary(
     - ``filter/kept_invalid``: tokens of invalid replies.
     NaN where a group is empty. ``loss`` picks the advantage the filter reads (``LossConfig.advantage``).
     """
-    views = token_views(policy, transitions, beta, loss, top_k=1, chunk=chunk)
+    views = token_views(policy, transitions, beta, loss, top_k=0, chunk=chunk)
     return {f"filter/kept_{k}": frac for k, (frac, _) in group_kept(views, beta).items()}
 
 

@@ -42,10 +42,6 @@ def _tok(token: str) -> str:
     return html.escape(visible_token(token))
 
 
-def _num(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{x:+.{digits}g}"
-
-
 def units_html(view: TokenView) -> str:
     """The legend, stated once per rendering: which advantage, in which units, and what the colours mean."""
     return (
@@ -147,7 +143,7 @@ def _pre(text: str, rows: int = 12) -> str:
     )
 
 
-def context_html(view: TokenView, open_prompt: bool = False) -> str:
+def context_html(view: TokenView) -> str:
     """The turn in its episode: image, prompt, previous reply, this reply, return-to-go, next observation."""
     where = f"episode {html.escape(view.episode_id[:12] or '?')}, turn {view.t}"
     if view.episode_length is not None:
@@ -162,21 +158,18 @@ def context_html(view: TokenView, open_prompt: bool = False) -> str:
         data = base64.b64encode(view.image).decode()
         image = f"<img src='data:image/png;base64,{data}' style='max-width:220px;margin-right:12px'/>"
     parts = [f"<div style='font-size:12px;margin:4px 0'>{facts}</div>"]
-    opened = " open" if open_prompt else ""
-    parts.append(f"<details{opened}><summary>prompt</summary>{_pre(view.prompt)}</details>")
+    parts.append(f"<details><summary>prompt</summary>{_pre(view.prompt)}</details>")
     if view.previous_reply is not None:
         parts.append(f"<div style='font-size:12px'>previous reply (t={view.t - 1})</div>{_pre(view.previous_reply, 3)}")
     parts.append(f"<div style='font-size:12px'>this reply</div>{_pre(view.reply, 5)}")
-    nxt = "the episode ends here" if view.next_obs is None else None
-    parts.append(
-        f"<div style='font-size:12px'>next observation</div>{_pre(view.next_obs, 6)}"
-        if nxt is None
-        else f"<div style='font-size:12px'>{nxt}</div>"
-    )
+    if view.next_obs is None:
+        parts.append("<div style='font-size:12px'>the episode ends here</div>")
+    else:
+        parts.append(f"<div style='font-size:12px'>next observation</div>{_pre(view.next_obs, 6)}")
     return f"<div style='display:flex;align-items:flex-start'>{image}<div style='flex:1'>{''.join(parts)}</div></div>"
 
 
-def default_position(view: TokenView, beta: float | None = None) -> int:
+def default_position(view: TokenView) -> int:
     """The position to explain first: the action token of a valid reply, else the lowest-advantage token."""
     if view.action_index is not None:
         return view.action_index
@@ -186,7 +179,7 @@ def default_position(view: TokenView, beta: float | None = None) -> int:
 def turn_html(view: TokenView, beta: float | None = None, position: int | None = None) -> str:
     """One turn, whole: title, chips, the alternatives at `position` (:func:`default_position` when None) and
     its context."""
-    j = default_position(view, beta) if position is None else position
+    j = default_position(view) if position is None else position
     return (
         f"<div style='border-top:1px solid #ccc;padding-top:6px;margin-top:8px;font-size:13px'>"
         f"<b>{html.escape(view.title)}</b>"
@@ -386,7 +379,7 @@ class TokenInspector(widgets.VBox):
         self.position.options = options
         self.position.value = default_position(v)
         self._quiet = False
-        self.context.value = context_html(v, open_prompt=False)
+        self.context.value = context_html(v)
         self._show_position()
 
     def _show_position(self) -> None:
