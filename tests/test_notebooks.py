@@ -174,6 +174,7 @@ def test_04_offline_to_online_runs_all_three_tasks_and_its_numbers_come_from_its
     run_notebook(
         "04_offline_to_online",
         tmp_path,
+        sections=list(episodes),  # BabyAI too, which the notebook's default (the main job's) leaves out
         overrides=common,
         task_overrides=per_task,
         final_episodes=episodes,
