@@ -2,7 +2,8 @@
 # Set up, then run the main job: papermill executes the notebooks on the embedded model into nbs_outputs/
 # (01 base models prompted, 02 the datasets (those 03-05 train on, and a survey of every task), 03 offline AFSFT,
 # 04 offline to online and 05 the max-Q ablation, which reuses 03's runs),
-# printing each notebook's wall time, then the headline numbers from their metrics files.
+# showing the running notebook and section on papermill's progress line (vlmq_core/nbengine.py), printing each
+# notebook's wall time, then the headline numbers from their metrics files.
 #   bash scripts/main.sh                 # every notebook, in order
 #   bash scripts/main.sh 03 04           # only these (by number)
 #   bash scripts/main.sh 03 -y "overrides: [train.steps=400]"   # later arguments go to papermill for each notebook
@@ -27,7 +28,7 @@ for i in "${!chosen[@]}"; do
   name="${chosen[$i]}"
   echo "== notebook $((i + 1))/${#chosen[@]}: $name =="
   start=$(date +%s)
-  papermill "notebooks/$name.ipynb" "nbs_outputs/$name.ipynb" --cwd . -k python3 "$@"
+  papermill "notebooks/$name.ipynb" "nbs_outputs/$name.ipynb" --cwd . -k python3 --engine vlmq "$@"
   times+=("$name $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s")
   echo "== $name done: ${times[-1]#* } =="
 done
