@@ -28,7 +28,7 @@ ACCEPTED = {
     "[action] scroll(-50.2, +100)": "scroll(-50.2, 100)",
     "[action] noop()": "noop()",
     "[action] noop(wait_ms=500)": "noop(wait_ms=500)",
-    "[action] check('55')   # the first box": 'check("55")',
+    "[action] click('55')   # the first box": 'click("55")',
     "[action]\n  hover('b8')\n": 'hover("b8")',
 }
 
@@ -264,8 +264,9 @@ def test_a_thousand_hostile_replies_are_rejected_or_rebuilt_safely():
 
 def test_the_allow_list_is_what_the_click_tasks_need_and_nothing_that_navigates_or_runs_code():
     assert set(ACTIONS) == {
-        "click", "dblclick", "hover", "focus", "clear", "check", "uncheck", "fill", "select_option", "press",
+        "click", "dblclick", "hover", "focus", "clear", "fill", "select_option", "press",
         "scroll", "noop",
     }  # fmt: skip
-    for banned in ("python", "goto", "go_back", "new_tab", "tab_close", "send_msg_to_user", "upload_file"):
+    banned_names = ("check", "uncheck", "python", "goto", "go_back", "new_tab", "tab_close", "send_msg_to_user")
+    for banned in (*banned_names, "upload_file"):
         assert parse_web_action(f"[action] {banned}('1')") is None

@@ -19,12 +19,23 @@ if TYPE_CHECKING:
 BABYAI_LEVELS: tuple[str, ...] = ("GoToRedBall", "GoToObj", "GoToLocal", "PickupLoc", "PutNextLocal", "GoTo")
 """The BabyAI levels vlmq offers: minigrid's ``BabyAI-<level>-v0`` for each."""
 
+MINIWOB_TASKS: tuple[str, ...] = (
+    "click-tab", "click-tab-2-easy", "click-dialog-2", "click-shape", "click-checkboxes-transfer", "click-shades",
+    "click-checkboxes", "click-checkboxes-large", "click-tab-2-hard", "click-test-transfer", "click-collapsible-2",
+    "click-test", "click-menu", "click-collapsible", "click-checkboxes-soft", "click-button", "click-tab-2-medium",
+    "click-tab-2", "click-option", "click-menu-2", "click-color", "click-widget", "click-dialog", "click-link",
+    "click-scroll-list", "click-button-sequence", "click-test-2",
+)  # fmt: skip
+"""The paper's 27 MiniWoB++ click tasks, in its appendix tables' order: ``MiniWoB-<task>`` for each (BrowserGym's
+``browsergym/miniwob.<task>`` on Debian's Chromium, :mod:`vlmq_core.envs.miniwob`)."""
+
 CATALOG: dict[str, tuple[str, str, dict]] = {
     "NumberLine": ("numberline", "NumberLineEnv", {}),
     "Blackjack": ("blackjack", "BlackjackEnv", {}),
     "EZPoints": ("ezpoints", "EZPointsEnv", {}),
     "Points24": ("points24", "PointsEnv", {}),
     **{f"BabyAI-{level}": ("babyai", "BabyAIEnv", {"level": level}) for level in BABYAI_LEVELS},
+    **{f"MiniWoB-{task}": ("miniwob", "MiniWoBEnv", {"task": task}) for task in MINIWOB_TASKS},
 }
 """Every task: short name -> (module in ``vlmq_core.envs``, raw env class, its constructor kwargs). The module
 holds the task's :class:`~vlmq_core.envs.spec.TaskSpec` in ``TASKS[name]``."""
@@ -85,8 +96,9 @@ def make_env(
         text_fn=spec.text_fn,
         parser=spec.parser,
         reason_fn=spec.invalid_reason,
+        random_fn=spec.random_action,
         show_text=show_text,
     )
 
 
-__all__ = ["BABYAI_LEVELS", "CATALOG", "env_id", "get_task", "make_env", "register_envs", "task_name"]
+__all__ = ["BABYAI_LEVELS", "MINIWOB_TASKS", "CATALOG", "env_id", "get_task", "make_env", "register_envs", "task_name"]

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import gymnasium
 
 from vlmq_core.envs.text_action import TaskPrompt, TextActionConfig, invalid_reason, parse_action
 
-Parser = Callable[[str, Sequence[str]], "int | None"]
-"""``parser(reply, actions) -> action index or None`` (None: the reply is invalid)."""
+Parser = Callable[[str, Sequence[str]], Any]
+"""``parser(reply, actions) -> the raw env's action or None`` (None: the reply is invalid). The action is an index
+into `actions` for the discrete tasks, a canonical BrowserGym call string for the web tasks."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class TaskSpec:
     """Short explanation of why a reply is invalid, shown in the next prompt."""
     oracle: Oracle | None = None
     """A strong policy standing in for "a more capable model" (None if the task has none)."""
+    random_action: Callable[[gymnasium.Env, Any], str] | None = None
+    """``random_action(raw_env, rng) -> action text`` for tasks whose valid actions depend on the state (web pages:
+    a click on one of the page's elements); None: a uniform draw from the prompt's fixed actions."""
 
     @property
     def env_id(self) -> str:

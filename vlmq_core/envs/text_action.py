@@ -25,6 +25,8 @@ IMAGE_ONLY = "shown in the image."
 """The prompt's observation line when the text summary is withheld (``TextActionEnv(show_text=False)``)."""
 ECHO_CHARS = 40
 """At most this many characters of an invalid reply are quoted back in the error message."""
+REFUSAL_CHARS = 160
+"""At most this much of the first line of an env's refusal (``info["action_error"]``) goes into the next prompt."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,9 @@ class TextActionEnv(gymnasium.Wrapper):
     truncates (no extra reward). `info` holds ``valid``, ``action`` (int or None), ``state`` (inner info),
     ``error`` (str or None) and ``success`` (the inner env terminated with a positive reward).
     The inherited `action_space` is the inner env's; the wrapper's actions are the strings `valid_actions`.
+    A reply that parses but that the inner env refuses (its step's info has ``action_error``: a web page without
+    that element) counts as invalid too, with the refusal in the next prompt; an inner env that reports
+    ``browser_crash`` truncates the episode (its info says so in ``state``).
     """
 
     def __init__(
@@ -156,20 +161,23 @@ class TextActionEnv(gymnasium.Wrapper):
         config: TextActionConfig | None = None,
         *,
         text_fn: Callable[[gymnasium.Env], str],
-        parser: Callable[[str, Sequence[str]], int | None] = parse_action,
+        parser: Callable[[str, Sequence[str]], Any] = parse_action,
         reason_fn: Callable[[str, Sequence[str]], str] = invalid_reason,
+        random_fn: Callable[[gymnasium.Env, np.random.Generator], str] | None = None,
         show_text: bool = True,
     ):
         """Wrap `env`; `text_fn(env)` returns the current state summary text (the observation o_t).
 
-        `parser(reply, actions)` maps a reply to an action index or None (default: exact match after the
-        ``[action]`` tag); `reason_fn(reply, actions)` explains an invalid reply in the next prompt. With
+        `parser(reply, actions)` maps a reply to the inner env's action or None (default: the index of an exact
+        match after the ``[action]`` tag); `reason_fn(reply, actions)` explains an invalid reply in the next
+        prompt; `random_fn(env, rng)` writes a random valid action for states whose actions vary (web pages). With
         `show_text` false the prompt withholds the summary (:data:`IMAGE_ONLY`): a VLM sees the state in the
         image alone (the paper's image-only prompting, Figures 4 and 8); ``obs["text"]`` still holds it.
         """
         super().__init__(env)
         self.parser = parser
         self.reason_fn = reason_fn
+        self.random_fn = random_fn
         self.prompt = prompt
         self.config = config if config is not None else TextActionConfig()
         self.text_fn = text_fn
@@ -186,7 +194,10 @@ class TextActionEnv(gymnasium.Wrapper):
         return list(self.prompt.actions)
 
     def random_reply(self, rng: np.random.Generator) -> str:
-        """A uniformly random valid action written in the example syntax, e.g. ``[action] +``."""
+        """A uniformly random valid action written in the example syntax, e.g. ``[action] +`` (or the task's own
+        random action in the current state, ``[action] click("13")``)."""
+        if self.random_fn is not None:
+            return f"{ACTION_TAG} {self.random_fn(self.env, rng)}"
         action = self.prompt.actions[int(rng.integers(len(self.prompt.actions)))]
         return f"{ACTION_TAG} {action}"
 
@@ -213,17 +224,23 @@ class TextActionEnv(gymnasium.Wrapper):
         success = False
         inner_truncated = False
         if action is not None:
-            self._invalid_streak = 0
             frame, reward, terminated, inner_truncated, state = self.env.step(action)
             self._frame = frame
             self._state = dict(state)
             reward = float(reward)
             success = bool(terminated) and reward > 0
+            refused = self._state.get("action_error")
+            if refused and not self._state.get("browser_crash"):  # parsed, but the env could not act on it
+                action, reward = None, reward + self._invalid(terminated)
+                terminated = terminated or self._invalid_streak >= self.config.max_consecutive_invalid
+                reason = refused.splitlines()[0][:REFUSAL_CHARS]
+                error = f"the page refused it ({reason}). Expected e.g. `{self.prompt.example}`."
+            else:
+                self._invalid_streak = 0
         else:
-            self._invalid_streak += 1
+            reward = self._invalid(False)
             error = f"{self.reason_fn(reply, self.prompt.actions)} Expected e.g. `{self.prompt.example}`."
             terminated = self._invalid_streak >= self.config.max_consecutive_invalid
-            reward = self.config.timeout_reward if terminated else self.config.invalid_reward
         terminated = bool(terminated)
         truncated = not terminated and (bool(inner_truncated) or self._steps >= self.config.max_steps)
         self._done = terminated or truncated
@@ -235,6 +252,15 @@ class TextActionEnv(gymnasium.Wrapper):
             "success": success,
         }
         return self._observation(error), reward, terminated, truncated, info
+
+    def _invalid(self, terminated: bool) -> float:
+        """Count one more invalid reply; its reward: `invalid_reward`, or `timeout_reward` when this one ends the
+        episode (nothing when the inner env ended it anyway)."""
+        self._invalid_streak += 1
+        if terminated:
+            return 0.0
+        timeout = self._invalid_streak >= self.config.max_consecutive_invalid
+        return self.config.timeout_reward if timeout else self.config.invalid_reward
 
     def _observation(self, error: str | None) -> dict[str, Any]:
         """The observation dict for the current inner state, with `error` shown in the prompt."""
