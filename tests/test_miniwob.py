@@ -15,8 +15,9 @@ import numpy as np
 import psutil
 import pytest
 
-from vlmq_core.envs import make_env
+from vlmq_core.envs import MINIWOB_TASKS, make_env
 from vlmq_core.envs import miniwob as web
+from vlmq_core.envs.oracles import OracleConfig, oracle_reply
 from vlmq_core.envs.web_actions import ACTIONS
 
 
@@ -119,7 +120,7 @@ def test_a_browser_that_dies_mid_episode_ends_the_episode_and_the_next_reset_rec
 
 ORPHAN_SCRIPT = """
 import sys, time
-from vlmq_core.envs import make_env
+from vlmq_core.envs import MINIWOB_TASKS, make_env
 env = make_env("MiniWoB-click-test")
 env.reset(seed=0)
 print("ready", flush=True)
@@ -169,3 +170,27 @@ def test_unknown_task_and_page_kind():
         web.MiniWoBEnv("click-nothing")
     with pytest.raises(ValueError, match="page must be 'axtree' or 'html'"):
         web.MiniWoBEnv("click-test", page="pdf")
+
+
+def test_page_elements_reads_the_accessibility_tree_lines():
+    text = "Goal: x\nPage:\nRootWebArea 'T', focused\n\t[24] radio 'Q\\'S', checked='false'\n"
+    text += "\t\tStaticText 'Q'\n[7] button ''"
+    assert web.page_elements(text) == [("24", "radio", "Q\\'S", ", checked='false'"), ("7", "button", "", "")]
+
+
+def test_the_demonstrator_solves_each_of_its_tasks():
+    """Ten of the 27 tasks have a scripted demonstrator (the oracle strategy); each wins seed 0 within 6 steps."""
+    assert len(web.DEMONSTRATIONS) == 10 and set(web.DEMONSTRATIONS) < set(MINIWOB_TASKS)
+    rng = np.random.default_rng(0)
+    for task in web.DEMONSTRATIONS:
+        env = make_env(f"MiniWoB-{task}")
+        try:
+            env.reset(seed=0)
+            for _ in range(6):
+                _, reward, terminated, truncated, info = env.step(oracle_reply(env, rng, OracleConfig(thought=True)))
+                assert info["valid"], (task, info["error"])
+                if terminated or truncated:
+                    break
+            assert info["success"] and reward == 1.0, task
+        finally:
+            env.close()

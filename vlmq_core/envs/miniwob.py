@@ -29,6 +29,7 @@ import importlib.util
 import logging
 import os
 import queue
+import re
 import shutil
 import threading
 from collections.abc import Callable, Sequence
@@ -40,7 +41,7 @@ import gymnasium
 import numpy as np
 
 from vlmq_core.envs import MINIWOB_TASKS
-from vlmq_core.envs.spec import TaskSpec
+from vlmq_core.envs.spec import OracleAction, TaskSpec
 from vlmq_core.envs.text_action import ACTION_TAG, TaskPrompt, TextActionConfig, after_tag, shorten
 from vlmq_core.envs.web_actions import ACTIONS, parse_web_action
 
@@ -211,6 +212,7 @@ class MiniWoBEnv(gymnasium.Env):
         self._env: Any = None  # BrowserGym's BrowserEnv, made on the browser thread
         self._obs: dict[str, Any] = {}
         self._text = ""
+        self.goal = ""
         self._frame = np.zeros(FRAME_SHAPE, dtype=np.uint8)
         self.restarts = 0
         """Browsers replaced after a crash, over this env's life."""
@@ -294,6 +296,7 @@ class MiniWoBEnv(gymnasium.Env):
         from browsergym.utils.obs import flatten_axtree_to_str, flatten_dom_to_str, prune_html
 
         self._obs = obs
+        self.goal = str(obs["goal"])
         self._frame = np.asarray(obs["screenshot"], dtype=np.uint8)
         if self.page == "axtree":
             page = flatten_axtree_to_str(obs["axtree_object"], extra_properties=obs["extra_element_properties"])
@@ -381,6 +384,82 @@ def random_action(env: gymnasium.Env, rng: np.random.Generator) -> str:
     return f'click("{elements[int(rng.integers(len(elements)))]}")'
 
 
+# ---- a scripted demonstrator: reads the accessibility tree, for the tasks it can solve ------------------------
+_NODE = re.compile(r"^\s*\[(?P<bid>[A-Za-z0-9]+)\] (?P<role>\w+) '(?P<name>(?:[^'\\]|\\.)*)'(?P<rest>.*)$")
+
+
+def page_elements(text: str) -> list[tuple[str, str, str, str]]:
+    """``(bid, role, name, properties)`` of each element with a bid, from the observation text's page lines
+    (``[24] radio 'QWS1FL', checked='false'`` -> ``("24", "radio", "QWS1FL", ", checked='false'")``)."""
+    return [(m["bid"], m["role"], m["name"], m["rest"]) for m in map(_NODE.match, text.splitlines()) if m]
+
+
+def _first(elements: list, role: str, name: str | None = None) -> str | None:
+    return next((b for b, r, n, _ in elements if r == role and (name is None or n == name)), None)
+
+
+def _click(bid: str | None, thought: str) -> OracleAction | None:
+    return None if bid is None else OracleAction(f'click("{bid}")', thought)
+
+
+def _select_then_submit(goal: str, elements: list, role: str) -> OracleAction | None:
+    match = re.fullmatch(r"Select (.*) and click Submit\.", goal)
+    if match is None:
+        return None
+    wanted = set() if match[1] == "nothing" else {w.strip() for w in match[1].split(",")}
+    for bid, r, name, rest in elements:
+        if r == role and name in wanted and "checked='true'" not in rest:
+            return _click(bid, f"{name} is asked for and not selected yet.")
+    return _click(_first(elements, "button", "Submit"), "Everything asked for is selected: submit.")
+
+
+def _named_button(pattern: str, aliases: dict[str, str] | None = None):
+    def decide(goal: str, elements: list) -> OracleAction | None:
+        match = re.search(pattern, goal)
+        if match is None:
+            return None
+        name = (aliases or {}).get(match[1], match[1])
+        return _click(_first(elements, "button", name), f"The goal names the button {match[1]!r}.")
+
+    return decide
+
+
+def _collapsible(goal: str, elements: list) -> OracleAction | None:
+    closed = next((b for b, r, n, rest in elements if r == "tab" and n != "Submit" and "expanded=False" in rest), None)
+    if closed is not None:
+        return _click(closed, "The section is closed: open it first.")
+    return _click(_first(elements, "button", "Submit"), "The section is open: submit.")
+
+
+def _tab(goal: str, elements: list) -> OracleAction | None:
+    match = re.fullmatch(r"Click on (Tab #\d+)\.", goal)
+    return None if match is None else _click(_first(elements, "link", match[1]), f"{match[1]} is the tab asked for.")
+
+
+DEMONSTRATIONS: dict[str, Callable[[str, list], OracleAction | None]] = {
+    "click-test": lambda goal, elements: _click(_first(elements, "button"), "There is one button: click it."),
+    "click-test-2": _named_button(r"Click button (\w+)\."),
+    "click-test-transfer": _named_button(r"Click button (\w+)\."),
+    "click-button": _named_button(r'Click on the "(.+)" button\.'),
+    "click-dialog": lambda goal, elements: _click(_first(elements, "button", "Close"), "The x closes the dialog."),
+    "click-dialog-2": _named_button(r'labeled "(.+)"\.', {"x": "Close"}),
+    "click-option": lambda goal, elements: _select_then_submit(goal, elements, "radio"),
+    "click-checkboxes": lambda goal, elements: _select_then_submit(goal, elements, "checkbox"),
+    "click-tab": _tab,
+    "click-collapsible": _collapsible,
+}
+"""The tasks the scripted demonstrator solves, each a rule over the goal and the page's elements."""
+
+
+def demonstrator(env: gymnasium.Env) -> OracleAction:
+    """The scripted demonstrator's next action on a :data:`DEMONSTRATIONS` task, read from the page like the model
+    reads it (the accessibility tree of the observation text); ``noop()`` when its rule finds nothing to do."""
+    inner = env.unwrapped
+    goal = inner.goal
+    decision = DEMONSTRATIONS[inner.task](goal, page_elements(inner.text()))
+    return decision if decision is not None else OracleAction("noop()", "Nothing on the page matches the goal.")
+
+
 TASKS = {
     f"MiniWoB-{task}": TaskSpec(
         name=f"MiniWoB-{task}",
@@ -389,6 +468,7 @@ TASKS = {
         parser=parse_reply,
         invalid_reason=web_invalid_reason,
         random_action=random_action,
+        oracle=demonstrator if task in DEMONSTRATIONS else None,
     )
     for task in MINIWOB_TASKS
 }

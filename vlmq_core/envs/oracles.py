@@ -37,10 +37,12 @@ def oracle_reply(env: TextActionEnv, rng: np.random.Generator, cfg: OracleConfig
     if spec.oracle is None:
         raise ValueError(f"task {spec.name!r} has no oracle; tasks with one: {', '.join(tasks_with_oracles())}")
     decision = spec.oracle(env.unwrapped)
-    action = decision.action
     if cfg.corrupt_rate > 0 and rng.random() < cfg.corrupt_rate:
-        action = int(rng.integers(len(env.valid_actions)))
-    text = f"{ACTION_TAG} {env.valid_actions[action]}"
+        text = env.random_reply(rng)
+    elif isinstance(decision.action, str):  # a call, written as is (web tasks)
+        text = f"{ACTION_TAG} {decision.action}"
+    else:
+        text = f"{ACTION_TAG} {env.valid_actions[decision.action]}"
     if cfg.thought and decision.thought:
         text = f"Thought: {decision.thought}\n{text}"
     return text

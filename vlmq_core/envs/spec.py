@@ -23,7 +23,8 @@ into `actions` for the discrete tasks, a canonical BrowserGym call string for th
 class OracleAction:
     """What an oracle decides: the raw env's action index and a short reason (its optional "thought")."""
 
-    action: int
+    action: int | str
+    """The raw env's action: an index for discrete tasks, a canonical BrowserGym call for web tasks."""
     thought: str = ""
 
 
