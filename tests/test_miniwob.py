@@ -6,6 +6,7 @@ which install Chromium when it is missing (``apt-get install -y chromium``).
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,9 @@ import numpy as np
 import psutil
 import pytest
 
+from vlmq_core.buffer import TurnBuffer
+from vlmq_core.collect import CollectConfig, SourceConfig, collect
+from vlmq_core.config import ConfigError
 from vlmq_core.envs import MINIWOB_TASKS, make_env
 from vlmq_core.envs import miniwob as web
 from vlmq_core.envs.oracles import OracleConfig, oracle_reply
@@ -120,6 +124,9 @@ def test_a_browser_that_dies_mid_episode_ends_the_episode_and_the_next_reset_rec
 
 ORPHAN_SCRIPT = """
 import sys, time
+from vlmq_core.buffer import TurnBuffer
+from vlmq_core.collect import CollectConfig, SourceConfig, collect
+from vlmq_core.config import ConfigError
 from vlmq_core.envs import MINIWOB_TASKS, make_env
 env = make_env("MiniWoB-click-test")
 env.reset(seed=0)
@@ -194,3 +201,36 @@ def test_the_demonstrator_solves_each_of_its_tasks():
             assert info["success"] and reward == 1.0, task
         finally:
             env.close()
+
+
+def test_datasets_from_every_web_source(tmp_path, llama_policy):
+    """random (a click on a visible element), the demonstrator (corrupted half the time) and the model with a
+    random function prefilled (``partial``) write tagged turns with screenshots; a VLM-free model reads the text."""
+    cfg = CollectConfig(task="MiniWoB-click-button", num_envs=2, max_reply_tokens=6)
+    buffer = TurnBuffer(tmp_path / "data")
+    sources = [
+        SourceConfig("random", 2, 0),
+        SourceConfig("oracle", 2, 100, corrupt_rate=0.5),
+        SourceConfig("partial", 2, 200),
+    ]
+    for source in sources:
+        collect(llama_policy if source.needs_model else None, cfg, source, buffer, progress=False)
+    turns = buffer.turns
+    assert {t.strategy for t in turns} == {"random", "oracle", "partial"}
+    assert {t.source for t in turns} == {"random", "oracle@0.5", llama_policy.name}
+    assert all(t.image and t.obs.startswith("Goal: Click on the ") for t in turns)
+    random_turns = [t for t in turns if t.strategy == "random"]
+    assert all(t.valid and re.fullmatch(r'\[action\] click\("[A-Za-z0-9]+"\)', t.reply) for t in random_turns)
+    names = "|".join(ACTIONS)
+    assert all(re.match(rf"\[action\] ({names})\(", t.reply) for t in turns if t.strategy == "partial")
+    # the same seeds give the same random and oracle episodes
+    again = TurnBuffer(tmp_path / "again")
+    for source in sources[:2]:
+        collect(None, cfg, source, again, progress=False)
+    first = [(t.seed, t.t, t.reply) for t in turns if t.strategy != "partial"]
+    assert sorted(first) == sorted((t.seed, t.t, t.reply) for t in again.turns)
+
+
+def test_partial_needs_a_task_with_call_actions(llama_policy):
+    with pytest.raises(ConfigError, match="strategy 'partial' needs a task whose actions are calls"):
+        collect(llama_policy, CollectConfig(task="NumberLine", num_envs=1), SourceConfig("partial", 1, 0), None)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from vlmq_core.buffer import TurnBuffer
 from vlmq_core.config import ConfigError, check_fields
-from vlmq_core.envs import make_env, task_name
+from vlmq_core.envs import get_task, make_env, task_name
 from vlmq_core.envs.oracles import OracleConfig, oracle_reply
 from vlmq_core.envs.text_action import ACTION_TAG
 from vlmq_core.turns import Turn, png_bytes
@@ -32,7 +32,9 @@ from vlmq_core.turns import Turn, png_bytes
 if TYPE_CHECKING:  # collecting random or oracle data needs no torch
     from vlmq_core.model import Policy
 
-Strategy = Literal["agent", "min_format", "random", "oracle"]
+Strategy = Literal["agent", "min_format", "partial", "random", "oracle"]
+MODEL_STRATEGIES = ("agent", "min_format", "partial")
+"""Strategies whose reply the model writes (one batched ``generate`` over all of them)."""
 
 
 @dataclass
@@ -74,7 +76,8 @@ class SourceConfig:
 
     strategy: Strategy = "random"
     """``random`` (valid actions as text), ``agent`` (the run's model), ``min_format`` (the model, ``[action]``
-    prefilled) or ``oracle`` (the task's oracle)."""
+    prefilled), ``partial`` (the model, ``[action]`` and the start of a random action prefilled: a web task's
+    ``[action] click(``, the paper's partial exploration) or ``oracle`` (the task's oracle)."""
     episodes: int = 100
     """Episodes of this source, on seeds ``seed .. seed + episodes - 1``."""
     seed: int = 0
@@ -92,7 +95,7 @@ class SourceConfig:
 
     @property
     def needs_model(self) -> bool:
-        return self.strategy in ("agent", "min_format")
+        return self.strategy in MODEL_STRATEGIES
 
     @property
     def seeds(self) -> range:
@@ -338,8 +341,19 @@ def collect(
     return sorted(results, key=lambda r: r.seed)
 
 
-MODEL_STRATEGIES = ("agent", "min_format")
-"""Strategies whose reply the model writes (one batched ``generate`` over all of them)."""
+def _prefix(strategy: str, env, rng: np.random.Generator) -> str:
+    """What the model's reply starts with: nothing (``agent``), ``[action]`` (``min_format``) or the start of a
+    random action (``partial``, from the episode's generator)."""
+    if strategy == "agent":
+        return ""
+    if strategy == "min_format":
+        return ACTION_TAG
+    partial = get_task(env.unwrapped.spec.id).partial_prefix
+    if partial is None:
+        raise ConfigError(
+            f"strategy 'partial' needs a task whose actions are calls (the MiniWoB tasks); {env.spec.id} has none."
+        )
+    return partial(rng)
 
 
 def _replies(
@@ -365,7 +379,7 @@ def _replies(
     if model_rows:
         observations = [slots[k].obs for k in model_rows]
         images = [o.get("image") if (cfg.use_images and policy.is_vlm) else None for o in observations]
-        prefixes = [ACTION_TAG if strategies[k] == "min_format" else "" for k in model_rows]
+        prefixes = [_prefix(strategies[k], envs[active[k]], slots[k].rng) for k in model_rows]
         generated = policy.generate(
             [o["prompt"] for o in observations],
             images,

@@ -460,6 +460,13 @@ def demonstrator(env: gymnasium.Env) -> OracleAction:
     return decision if decision is not None else OracleAction("noop()", "Nothing on the page matches the goal.")
 
 
+def partial_prefix(rng: np.random.Generator) -> str:
+    """The paper's partial exploration: ``[action]`` and a uniformly drawn allowed function, opened (``click(``);
+    the model writes the arguments."""
+    names = list(ACTIONS)
+    return f"{ACTION_TAG} {names[int(rng.integers(len(names)))]}("
+
+
 TASKS = {
     f"MiniWoB-{task}": TaskSpec(
         name=f"MiniWoB-{task}",
@@ -468,6 +475,7 @@ TASKS = {
         parser=parse_reply,
         invalid_reason=web_invalid_reason,
         random_action=random_action,
+        partial_prefix=partial_prefix,
         oracle=demonstrator if task in DEMONSTRATIONS else None,
     )
     for task in MINIWOB_TASKS

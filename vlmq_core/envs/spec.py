@@ -61,6 +61,9 @@ class TaskSpec:
     random_action: Callable[[gymnasium.Env, Any], str] | None = None
     """``random_action(raw_env, rng) -> action text`` for tasks whose valid actions depend on the state (web pages:
     a click on one of the page's elements); None: a uniform draw from the prompt's fixed actions."""
+    partial_prefix: Callable[[Any], str] | None = None
+    """``partial_prefix(rng) -> the start of a reply`` for the ``partial`` strategy (the model completes it): a web
+    task's ``[action] click(`` with a random allowed function. None: the task has no partial strategy."""
 
     @property
     def env_id(self) -> str:
