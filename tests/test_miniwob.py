@@ -234,3 +234,14 @@ def test_datasets_from_every_web_source(tmp_path, llama_policy):
 def test_partial_needs_a_task_with_call_actions(llama_policy):
     with pytest.raises(ConfigError, match="strategy 'partial' needs a task whose actions are calls"):
         collect(llama_policy, CollectConfig(task="NumberLine", num_envs=1), SourceConfig("partial", 1, 0), None)
+
+
+def test_parallel_web_envs_are_capped_by_free_memory(capsys):
+    from vlmq_core.collect import memory_cap
+
+    need = web.MiniWoBEnv.MEMORY_GB
+    assert memory_cap("MiniWoB-click-test", 8, free_gb=2.5 * need) == 2
+    assert "8 envs need" in capsys.readouterr().out
+    assert memory_cap("MiniWoB-click-test", 8, free_gb=0.1) == 1  # one always runs
+    assert memory_cap("MiniWoB-click-test", 2, free_gb=100 * need) == 2
+    assert memory_cap("NumberLine", 64, free_gb=0.1) == 64  # tasks without browsers are not capped

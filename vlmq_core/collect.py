@@ -194,6 +194,7 @@ class EnvSlots:
                 f"collect.observation_text=false leaves {policy.name}, a text-only model, no state to read: "
                 "keep it true, or use a VLM."
             )
+        n = memory_cap(cfg.task, n)
         self.envs = [make_env(cfg.task, show_text=cfg.observation_text) for _ in range(n)]
         self.slots: list[Slot | None] = [None] * n
         self.last_turns: list[Turn] = []
@@ -339,6 +340,21 @@ def collect(
     if buffer is not None:
         buffer.flush()
     return sorted(results, key=lambda r: r.seed)
+
+
+def memory_cap(task: str, n: int, free_gb: float | None = None) -> int:
+    """At most `n` envs of `task`, and only as many as free memory holds at the task's ``memory_gb`` each (at
+    least one); says so when it caps."""
+    need = get_task(task).memory_gb
+    if not need:
+        return n
+    from vlmq_core.batch import available_memory_gb
+
+    free_gb = available_memory_gb() if free_gb is None else free_gb
+    fits = max(1, int(free_gb // need))
+    if fits < n:
+        print(f"{task}: {n} envs need ~{n * need:.0f} GB and {free_gb:.1f} GB are free: running {fits} at once.")
+    return min(n, fits)
 
 
 def _prefix(strategy: str, env, rng: np.random.Generator) -> str:

@@ -188,6 +188,8 @@ class MiniWoBEnv(gymnasium.Env):
     """One MiniWoB++ task in its own Chromium (BrowserGym's ``BrowserEnv``), its observation as frame + text."""
 
     metadata = {"render_modes": ["rgb_array"]}
+    MEMORY_GB = 1.9
+    """Resident memory of one env's two Chromium instances (``benchmarks/bench_miniwob.py`` measures it)."""
 
     def __init__(
         self,
@@ -476,6 +478,7 @@ TASKS = {
         invalid_reason=web_invalid_reason,
         random_action=random_action,
         partial_prefix=partial_prefix,
+        memory_gb=MiniWoBEnv.MEMORY_GB,
         oracle=demonstrator if task in DEMONSTRATIONS else None,
     )
     for task in MINIWOB_TASKS

@@ -56,6 +56,9 @@ class TaskSpec:
     """Maps a reply to an action index (Gym Cards: exact match after the tag)."""
     invalid_reason: Callable[[str, Sequence[str]], str] = invalid_reason
     """Short explanation of why a reply is invalid, shown in the next prompt."""
+    memory_gb: float = 0.0
+    """Resident memory one env of this task needs beyond the process (a web task's two browsers); collection runs
+    at most as many envs at once as free memory holds (0: no cap)."""
     oracle: Oracle | None = None
     """A strong policy standing in for "a more capable model" (None if the task has none)."""
     random_action: Callable[[gymnasium.Env, Any], str] | None = None
