@@ -82,6 +82,23 @@ def test_build_dataset_tops_up_exactly_the_missing_seeds(tmp_path):
         build_dataset(None, play, DataConfig(sources=[SourceConfig("agent", 1, 0)]), buf, progress=False)
 
 
+def test_one_dataset_over_several_tasks(tmp_path):
+    """A source may name its own task; each (task, source, seed) is topped up on its own."""
+    buf = TurnBuffer(tmp_path / "d")
+    play = CollectConfig(task="NumberLine", num_envs=2)
+    data = DataConfig(sources=[SourceConfig("random", 2, 0), SourceConfig("random", 3, 0, task="Blackjack")])
+    assert list(build_dataset(None, play, data, buf, progress=False).values()) == [2, 3]
+    data.sources.append(SourceConfig("oracle", 1, 0, task="Blackjack"))
+    done = build_dataset(None, play, data, buf, progress=False)
+    assert list(done.values()) == [0, 0, 1] and "Blackjack: oracle@0/oracle seeds 0+" in done
+    tasks = sorted((t[0].task, t[0].strategy, t[0].seed) for t in buf.episodes().values())
+    assert tasks == [("vlmq/Blackjack-v0", "oracle", 0)] + [("vlmq/Blackjack-v0", "random", s) for s in range(3)] + [
+        ("vlmq/NumberLine-v0", "random", s) for s in range(2)
+    ]
+    with pytest.raises(ConfigError, match="A source's task: unknown task 'Blackjak'"):
+        SourceConfig("random", 1, 0, task="Blackjak")
+
+
 def test_model_strategies_batch_and_prefill(tiny_policy, tmp_path):
     play = CollectConfig(num_envs=3, max_reply_tokens=4)
     buf = TurnBuffer(tmp_path / "d")

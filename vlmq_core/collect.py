@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from vlmq_core.buffer import TurnBuffer
 from vlmq_core.config import ConfigError, check_fields
-from vlmq_core.envs import get_task, make_env, task_name
+from vlmq_core.envs import env_id, get_task, make_env, task_name
 from vlmq_core.envs.oracles import OracleConfig, oracle_reply
 from vlmq_core.envs.text_action import ACTION_TAG
 from vlmq_core.turns import Turn, png_bytes
@@ -86,9 +86,16 @@ class SourceConfig:
     """``oracle`` only: probability that a turn's action is replaced by a random valid one."""
     thought: bool = False
     """``oracle`` only: write the oracle's short reason before the action (``Thought: ...``)."""
+    task: str | None = None
+    """This source's task (None: ``collect.task``): one dataset over several tasks, e.g. MiniWoB's click tasks."""
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.task is not None:
+            try:
+                task_name(self.task)
+            except ValueError as e:
+                raise ConfigError(f"A source's task: {e}.") from e
         if self.episodes < 0:
             raise ConfigError(f"A source's episodes must be >= 0, not {self.episodes}.")
         OracleConfig(self.corrupt_rate, self.thought)  # validates the rate
@@ -315,6 +322,8 @@ def collect(
     seeds = list(source.seeds if seeds is None else seeds)
     if not seeds:
         return []
+    if source.task is not None:
+        cfg = dataclasses.replace(cfg, task=source.task)
     if source.needs_model and policy is None:
         raise ValueError(f"strategy {source.strategy!r} needs a policy; only 'random' and 'oracle' run without one.")
     if policy is not None:
@@ -442,12 +451,17 @@ def evaluate(
     return summarize(pooled, prefix="eval")
 
 
-def missing_seeds(buffer: TurnBuffer, source: SourceConfig, name: str) -> list[int]:
-    """The seeds of `source` with no complete episode of this source (``name``, strategy) in the buffer."""
+def missing_seeds(buffer: TurnBuffer, source: SourceConfig, name: str, task: str) -> list[int]:
+    """The seeds of `source` with no complete episode of this source (``name``, strategy, `task` or the source's
+    own) in the buffer."""
+    task_id = env_id(task_name(source.task or task))
     have = {
         turns[0].seed
         for turns in buffer.episodes().values()
-        if turns[0].source == name and turns[0].strategy == source.strategy and turns[-1].done
+        if turns[0].source == name
+        and turns[0].strategy == source.strategy
+        and turns[0].task == task_id
+        and turns[-1].done
     }
     return [s for s in source.seeds if s not in have]
 
@@ -460,7 +474,7 @@ def build_dataset(
     collected = {}
     for source in data.sources:
         name = source_name(policy, source)
-        todo = missing_seeds(buffer, source, name)
+        todo = missing_seeds(buffer, source, name, cfg.task)
         results = collect(policy, cfg, source, buffer=buffer, seeds=todo, progress=progress)
-        collected[f"{name}/{source.strategy} seeds {source.seed}+"] = len(results)
+        collected[f"{source.task or cfg.task}: {name}/{source.strategy} seeds {source.seed}+"] = len(results)
     return collected
