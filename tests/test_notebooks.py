@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,48 @@ def test_05_maxq_ablation_runs_four_arms_and_its_numbers_come_from_its_runs(tmp_
     again = token_usage_summary(policy, sample, seen)
     assert again == pytest.approx(m["usage"]["maxq_paper_init"], rel=1e-4)
     assert set(m["usage"]["sft"]) == {"tokens/pi_unseen"}  # SFT trained no critic
+
+
+@pytest.mark.slow
+def test_06_miniwob_runs_in_real_browsers_and_its_tables_come_from_its_runs(tmp_path, tiny_folders):
+    """Notebook 06 on a tiny random model, two click tasks, one episode per source and task: its per-task data
+    rows are what the saved dataset gives for each task, every source played every task, the demonstrator's
+    replies are valid calls, each run is scored on every task, and the table's mean row is the mean of its rows."""
+    from vlmq_core.datasets import source_quality, task_table
+
+    tasks = ["MiniWoB-click-test", "MiniWoB-click-button"]
+    sources = [
+        {"strategy": "random", "episodes": 1, "seed": 0},
+        {"strategy": "oracle", "episodes": 1, "seed": 100, "corrupt_rate": 0.5},
+        {"strategy": "partial", "episodes": 1, "seed": 200},
+    ]
+    overrides = [o for o in tiny_offline(tiny_folders["llama"], steps=2) if not o.startswith(("eval.", "data."))]
+    metrics_path = tmp_path / "metrics.json"
+    run_notebook(
+        "06_miniwob",
+        tmp_path,
+        tasks=tasks,
+        sources_per_task=sources,
+        eval_episodes=1,
+        overrides=overrides,
+        out_dir=str(tmp_path / "run"),
+        metrics_path=str(metrics_path),
+    )
+    m = json.loads(metrics_path.read_text())
+    data = TurnBuffer(tmp_path / "run" / "data")
+    assert m["tasks"] == tasks and set(m["data"]) == set(tasks)
+    for task in tasks:
+        assert m["data"][task] == json.loads(json.dumps(source_quality(data, task))), task
+        rows = {r["source"]: r for r in m["data"][task]}
+        assert [rows[s]["episodes"] for s in ("random", "oracle@0.5", f"{tiny_folders['llama']}/partial")] == [1] * 3
+    oracle = [t for t in data.turns if t.strategy == "oracle"]
+    assert oracle and all(re.fullmatch(r'\[action\] click\("[A-Za-z0-9]+"\)', t.reply) for t in oracle)
+    for run in ("base", "sft", "afsft"):
+        assert set(m["results"][run]) == set(tasks) and all(r["episodes"] == 1 for r in m["results"][run].values())
+    for name in ("sft", "afsft"):
+        cfg = config.load(RunConfig, tmp_path / "run" / name / "config.yaml")
+        assert config.to_dict(cfg) == m["configs"][name] and cfg.train.steps == 2
+    results = {r: {t: {f"eval/{k}": v for k, v in x.items()} for t, x in by.items()} for r, by in m["results"].items()}
+    table = task_table({t: m["data"][t][-1] for t in tasks}, results)
+    mean = sum(m["results"]["afsft"][t]["success"] for t in tasks) / len(tasks)
+    assert table.splitlines()[-1].split(" | ")[-2] == f"{mean:.0%}"

@@ -451,6 +451,13 @@ def evaluate(
     return summarize(pooled, prefix="eval")
 
 
+def evaluate_tasks(
+    policy: Policy, cfg: CollectConfig, tasks: Sequence[str], eval_cfg: EvalConfig, progress: bool = True
+) -> dict[str, dict[str, float]]:
+    """:func:`evaluate` on each task of `tasks` in turn (the same seeds on each), as ``{task: metrics}``."""
+    return {task: evaluate(policy, dataclasses.replace(cfg, task=task), eval_cfg, progress) for task in tasks}
+
+
 def missing_seeds(buffer: TurnBuffer, source: SourceConfig, name: str, task: str) -> list[int]:
     """The seeds of `source` with no complete episode of this source (``name``, strategy, `task` or the source's
     own) in the buffer."""

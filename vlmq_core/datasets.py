@@ -15,6 +15,7 @@ from typing import Any
 
 from vlmq_core import config
 from vlmq_core.buffer import TurnBuffer
+from vlmq_core.envs import env_id, task_name
 from vlmq_core.envs.limits import task_limits
 from vlmq_core.run import RunConfig, load_config
 from vlmq_core.turns import Turn
@@ -44,13 +45,16 @@ def _mean_se(xs: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
-def source_quality(buffer: TurnBuffer) -> list[dict[str, Any]]:
+def source_quality(buffer: TurnBuffer, task: str | None = None) -> list[dict[str, Any]]:
     """One row per source (order of first appearance) over its complete episodes: ``episodes``, ``turns``,
     ``success`` (the last reward > 0, as everywhere in vlmq) and ``success_se``, ``return`` and ``return_se`` (mean
     undiscounted episode return), ``valid`` (share of replies that parse to an action), ``length`` (turns per
-    episode); then one ``all`` row over every episode."""
+    episode); then one ``all`` row over every episode. With `task`, only that task's episodes (a dataset over
+    several tasks)."""
     by_source: dict[str, list[list[Turn]]] = {}
     episodes = buffer.complete_episodes()
+    if task is not None:
+        episodes = [turns for turns in episodes if turns[0].task == env_id(task_name(task))]
     for turns in episodes:
         by_source.setdefault(source_of(turns[0]), []).append(turns)
     rows = [_quality(name, eps) for name, eps in by_source.items()]
@@ -107,4 +111,36 @@ def quality_table(tables: Mapping[str, list[dict[str, Any]]]) -> str:
                 f"{r['return']:+.2f} ± {r['return_se']:.2f} | {r['valid']:.0%} | {r['length']:.1f} |"
             )
             name = ""
+    return "\n".join(lines)
+
+
+def task_table(data: Mapping[str, Mapping[str, Any]], results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """The paper's appendix tables (success, then valid syntax, per task) in one markdown table: per task, the
+    dataset's success and valid share (`data`: task -> the ``all`` row of :func:`source_quality`), then each run's
+    (`results`: run -> task -> :func:`~vlmq_core.collect.evaluate` metrics), success with its standard error, and
+    a mean row over the tasks."""
+    runs = list(results)
+    head = "| task | data: success | data: valid | " + " | ".join(f"{r}: success | {r}: valid" for r in runs) + " |"
+    lines = [head, "|---" * (3 + 2 * len(runs)) + "|"]
+    tasks = list(data)
+    for task in tasks:
+        d = data[task]
+        cells = [f"{d['success']:.0%}", f"{d['valid']:.0%}"]
+        for r in runs:
+            m = results[r][task]
+            cells += [f"{m['eval/success']:.0%} ± {m['eval/success_se']:.0%}", f"{m['eval/valid']:.0%}"]
+        lines.append(
+            f"| {task} ({d['episodes']} ep. / {int(results[runs[0]][task]['eval/episodes'])} eval.) | "
+            + " | ".join(cells)
+            + " |"
+        )
+
+    def mean(values: Iterable[float]) -> str:
+        values = list(values)
+        return f"{sum(values) / len(values):.0%}"
+
+    cells = [mean(data[t]["success"] for t in tasks), mean(data[t]["valid"] for t in tasks)]
+    for r in runs:
+        cells += [mean(results[r][t]["eval/success"] for t in tasks), mean(results[r][t]["eval/valid"] for t in tasks)]
+    lines.append(f"| mean of {len(tasks)} tasks | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -197,6 +197,35 @@ def eval_bars(results: dict[str, dict], keys: Sequence[str] = ("eval/success", "
     return fig
 
 
+def task_bars(results: dict[str, dict[str, dict]], key: str = "eval/success") -> go.Figure:
+    """Per task (x), one bar per run (``{run: {task: evaluate metrics}}``) of `key` with its standard error where
+    there is one; the hover gives the episodes."""
+    fig = go.Figure()
+    for i, (run, by_task) in enumerate(results.items()):
+        tasks = list(by_task)
+        ys = [float(by_task[t][key]) for t in tasks]
+        ses = [float(by_task[t][key + "_se"]) if _finite(by_task[t].get(key + "_se")) else None for t in tasks]
+        episodes = [int(by_task[t].get("eval/episodes", 0)) for t in tasks]
+        fig.add_trace(
+            go.Bar(
+                x=tasks,
+                y=ys,
+                name=run,
+                marker_color=RUN_COLORS[i % len(RUN_COLORS)],
+                error_y={"type": "data", "array": ses, "visible": any(s is not None for s in ses)},
+                customdata=episodes,
+                hovertemplate=f"{run} · %{{x}}<br>{key} %{{y:.0%}}<br>episodes %{{customdata}}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        title=f"{key.removeprefix('eval/')} per task",
+        yaxis={"tickformat": ".0%", "range": [0, 1.1]},
+        template="plotly_white",
+    )
+    return fig
+
+
 ## Per-token critic ##
 
 
