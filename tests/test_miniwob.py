@@ -124,10 +124,7 @@ def test_a_browser_that_dies_mid_episode_ends_the_episode_and_the_next_reset_rec
 
 ORPHAN_SCRIPT = """
 import sys, time
-from vlmq_core.buffer import TurnBuffer
-from vlmq_core.collect import CollectConfig, SourceConfig, collect
-from vlmq_core.config import ConfigError
-from vlmq_core.envs import MINIWOB_TASKS, make_env
+from vlmq_core.envs import make_env
 env = make_env("MiniWoB-click-test")
 env.reset(seed=0)
 print("ready", flush=True)
@@ -135,8 +132,9 @@ if sys.argv[1] == "close":
     env.close()
 elif sys.argv[1] == "raise":
     raise RuntimeError("a crash of the run, not of the browser")
-elif sys.argv[1] == "wait":
-    time.sleep(120)
+elif sys.argv[1] == "wait":  # a run at work: short waits (a signal taken by another thread waits for the next)
+    for _ in range(1200):
+        time.sleep(0.1)
 """
 
 

@@ -31,6 +31,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -108,6 +109,10 @@ class _BrowserThread:
         self.playwright = None
 
     def _loop(self) -> None:
+        # Ctrl-C and kill must reach the main thread: a process-directed signal goes to any thread that does not
+        # block it, and one taken here (or by the threads and driver Playwright starts from here, which inherit
+        # this mask) would leave the main thread asleep and the run deaf to it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         while True:
             fn, args, future = self._jobs.get()
             if not future.set_running_or_notify_cancel():
