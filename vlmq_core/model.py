@@ -354,7 +354,9 @@ class Policy(nn.Module):
         """Write LoRA adapters (peft, safetensors) and the critic/target/PopArt state (safetensors)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(folder / "adapter")
+        with warnings.catch_warnings():  # a GGUF or local base has no hub config for peft to compare: harmless
+            warnings.filterwarnings("ignore", message="Could not find a config file in", category=UserWarning)
+            self.model.save_pretrained(folder / "adapter")
         state = {f"critic.{k}": v for k, v in self.critic.state_dict().items()}
         state |= {f"target_critic.{k}": v for k, v in self.target_critic.state_dict().items()}
         state |= {f"popart.{k}": v for k, v in self.popart.state_dict().items()}
