@@ -123,7 +123,9 @@ def test_a_browser_that_dies_mid_episode_ends_the_episode_and_the_next_reset_rec
 
 
 ORPHAN_SCRIPT = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, even when the suite runs with
+# SIGINT ignored (a background job of a non-interactive shell starts so, and its children inherit it)
 from vlmq_core.envs import make_env
 env = make_env("MiniWoB-click-test")
 env.reset(seed=0)
