@@ -217,6 +217,7 @@ class MiniWoBEnv(gymnasium.Env):
         self.action_space = gymnasium.spaces.Text(max_length=600)
         self.observation_space = gymnasium.spaces.Box(0, 255, shape=FRAME_SHAPE, dtype=np.uint8)
         self._env: Any = None  # BrowserGym's BrowserEnv, made on the browser thread
+        self._base_url = ""  # the task pages' URL, found when the first browser starts
         self._obs: dict[str, Any] = {}
         self._text = ""
         self.goal = ""
@@ -230,6 +231,7 @@ class MiniWoBEnv(gymnasium.Env):
         from browsergym.core.action.highlevel import HighLevelActionSet
 
         actions = HighLevelActionSet(subsets=["bid"], multiaction=False, strict=True)
+        self._base_url = miniwob_url()
 
         def to_code(call: str) -> str:
             if parse_web_action(f"{ACTION_TAG} {call}") != call:  # only calls our parser wrote
@@ -244,7 +246,7 @@ class MiniWoBEnv(gymnasium.Env):
             slow_mo=self.slow_mo,
             pre_observation_delay=self.pre_observation_delay,
             action_mapping=to_code,
-            task_kwargs={"base_url": miniwob_url()},
+            task_kwargs={"base_url": self._base_url},
             disable_env_checker=True,
         )
 
@@ -309,7 +311,7 @@ class MiniWoBEnv(gymnasium.Env):
             page = flatten_axtree_to_str(obs["axtree_object"], extra_properties=obs["extra_element_properties"])
         else:
             page = prune_html(flatten_dom_to_str(obs["dom_object"]))
-        page = page.replace(miniwob_url(), "").strip()  # the page's own name, not this machine's folders
+        page = page.replace(self._base_url, "").strip()  # the page's own name, not this machine's folders
         if len(page) > self.max_page_chars:
             page = page[: self.max_page_chars] + "\n... (page cut)"
         self._text = f"Goal: {obs['goal']}\nPage:\n{page}"

@@ -21,7 +21,7 @@ into `actions` for the discrete tasks, a canonical BrowserGym call string for th
 
 @dataclass(frozen=True)
 class OracleAction:
-    """What an oracle decides: the raw env's action index and a short reason (its optional "thought")."""
+    """What an oracle decides: the raw env's action and a short reason (its optional "thought")."""
 
     action: int | str
     """The raw env's action: an index for discrete tasks, a canonical BrowserGym call for web tasks."""

@@ -15,7 +15,8 @@ import math
 import re
 from dataclasses import dataclass
 
-ACTION_TAG = "[action]"
+from vlmq_core.envs.text_action import ACTION_TAG
+
 MAX_REPLY_CHARS = 4000
 """Longer replies are rejected before any parsing (a 135M model's 24-token reply is ~100 characters)."""
 MAX_CALL_CHARS = 600
