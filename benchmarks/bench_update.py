@@ -4,8 +4,10 @@ Builds ``--batches`` minibatches of ``--batch-size`` NumberLine turns from rando
 or hub needed), then times the loss (``objective.minibatch_loss``, pure: both settings see the same state) +
 ``backward`` on each, alternating the two settings on the same minibatches (``ModelConfig.share_prefix`` on /
 off) after one warm-up pass each. Prints milliseconds per update for SFT (Eq. 3) and AFSFT with the critic
-(Eq. 4-7, next-prompt pass included), their ratios, and the largest loss difference between the settings. Run:
-``python benchmarks/bench_update.py [--model embedded] [--batches 6] [--batch-size 8] [--device auto]``.
+(Eq. 4-7, next-prompt pass included), their ratios, and the largest loss difference between the settings. Then
+times one batched greedy ``generate`` over ``--generate`` prompts both ways (3 alternating repeats) and checks the
+replies agree. Run: ``python benchmarks/bench_update.py [--model embedded] [--batches 6] [--batch-size 8]
+[--device auto] [--generate 32]``.
 """
 
 from __future__ import annotations
@@ -40,12 +42,25 @@ def time_update(policy, batch, loss_cfg: LossConfig, share: bool) -> tuple[float
     return time.perf_counter() - t0, loss.item()
 
 
+def time_generate(policy, prompts: list[str], share: bool) -> tuple[float, list[str]]:
+    """Seconds of one batched greedy ``generate`` over `prompts` (text only), and the replies."""
+    policy.cfg.model.share_prefix = share
+    if policy.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    replies = policy.generate(prompts, [None] * len(prompts), max_new_tokens=24, temperature=0.0)
+    if policy.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, replies
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--batches", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--generate", type=int, default=32, help="prompts in the batched generate comparison")
     args = ap.parse_args()
 
     policy = load_policy(PolicyConfig(model=ModelConfig(name=args.model, device=args.device)))
@@ -55,6 +70,7 @@ def main() -> None:
         collect(None, CollectConfig(task="NumberLine"), SourceConfig("random", 40, 0), buffer=buffer, progress=False)
         rng = np.random.default_rng(0)
         batches = [build_batch(policy, buffer.sample(args.batch_size, rng)) for _ in range(args.batches)]
+        buffer_turns = buffer.sample(args.generate, rng)
     tokens = np.mean([b.inputs["input_ids"].numel() for b in batches])
     print(
         f"\n{policy.name} on {policy.device}: {args.batches} minibatches of {args.batch_size} turns, "
@@ -76,6 +92,22 @@ def main() -> None:
             f"{name:>6}: shared prefix {on:7.0f} ms | full pass {off:7.0f} ms | speed-up x{off / on:.2f} "
             f"| max |loss difference| {diff:.1e}"
         )
+    prompts = [turn.prompt for turn, _ in buffer_turns]
+    for share in (True, False):  # warm-up
+        time_generate(policy, prompts[:2], share)
+    gen: dict[bool, list[float]] = {True: [], False: []}
+    same = True
+    for _ in range(3):
+        t_on, r_on = time_generate(policy, prompts, True)
+        t_off, r_off = time_generate(policy, prompts, False)
+        gen[True].append(t_on)
+        gen[False].append(t_off)
+        same = same and r_on == r_off
+    on, off = 1000 * np.mean(gen[True]), 1000 * np.mean(gen[False])
+    print(
+        f"{'generate':>8}: {len(prompts)} greedy replies (<= 24 tokens): shared prefix {on:7.0f} ms | left padding "
+        f"{off:7.0f} ms | speed-up x{off / on:.2f} | same replies: {same}"
+    )
 
 
 if __name__ == "__main__":

@@ -200,14 +200,15 @@ class InputWhitening(nn.Module):
         if not self.enabled or float(self.count) == 0:
             return
         m_old = self.offset.double()
-        w_old = self.matrix.double() if int(self.refreshes) > 0 else torch.eye(len(m_old), dtype=torch.float64)
+        w_old = self.matrix.double()  # the identity before the first refresh
         m_new, w_new = self.whitening(eps)
         w_new_inv = torch.linalg.inv(w_new)
-        for head in heads:
+        for head in heads:  # the heads may live on another device than these statistics
             first = head.net[0]
             w1 = first.weight.double()  # (hidden, d)
-            first.bias.add_((w1 @ w_old @ (m_new - m_old).to(w1.device)).to(first.bias.dtype))
-            first.weight.copy_(w1 @ w_old @ w_new_inv)
+            w_old_, w_new_inv_, shift = (t.to(w1.device) for t in (w_old, w_new_inv, m_new - m_old))
+            first.bias.add_((w1 @ w_old_ @ shift).to(first.bias.dtype))
+            first.weight.copy_(w1 @ w_old_ @ w_new_inv_)
         self.offset.copy_(m_new)
         self.matrix.copy_(w_new)
         self.refreshes.add_(1)

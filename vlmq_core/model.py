@@ -53,11 +53,12 @@ class ModelConfig:
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
     quantization: Literal["4bit", "8bit"] | None = None
     """4-bit or 8-bit base weights through bitsandbytes (CUDA only); None keeps full precision."""
-    share_prefix: bool = True
+    share_prefix: bool | Literal["auto"] = "auto"
     """Training passes and batched ``generate`` compute the prompt prefix the batch's rows share once
     (``vlmq_core.prefix``; causal LMs, text-only inputs). Same hidden states, gradients and greedy replies up to float
-    rounding; x2.1-2.9 faster updates on NumberLine (``benchmarks/bench_update.py``, CPU), x2.3 faster generation of
-    32 BabyAI replies."""
+    rounding. ``auto`` (ours) is on for the CPU, off on CUDA: ``benchmarks/bench_update.py`` measured x2.1-2.9 faster
+    updates on NumberLine on a 2-core CPU, but x0.49-0.57 (twice as slow) updates and x0.98 generation on an H200,
+    where the full pass is one large batch of kernels and the shared pass adds small ones."""
 
     def __post_init__(self) -> None:
         check_fields(self, "model.")
@@ -249,6 +250,13 @@ class Policy(nn.Module):
         return self.critic.last.weight.device
 
     @property
+    def shares_prefix(self) -> bool:
+        """Whether passes and ``generate`` run the shared prompt prefix once (``model.share_prefix``; ``auto``: on
+        the CPU only). Never for VLM inputs."""
+        share = self.cfg.model.share_prefix
+        return not self.is_vlm and (self.device.type == "cpu" if share == "auto" else share)
+
+    @property
     def vocab_size(self) -> int:
         return self.critic.last.out_features
 
@@ -256,7 +264,7 @@ class Policy(nn.Module):
     def hidden(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """f_theta: last hidden states (B, T, d) of the LoRA-adapted backbone (no language head)."""
         backbone = self.model.get_base_model().base_model
-        P = shared_prefix_len(inputs) if self.cfg.model.share_prefix and not self.is_vlm else 0
+        P = shared_prefix_len(inputs) if self.shares_prefix else 0
         if P:
             return hidden_with_shared_prefix(backbone, inputs, P)
         return backbone(**inputs, use_cache=False).last_hidden_state
@@ -316,7 +324,7 @@ class Policy(nn.Module):
         was_training = self.model.training
         self.model.eval()
         try:
-            new = self._generate_shared(texts, gen_kwargs) if self.cfg.model.share_prefix and not self.is_vlm else None
+            new = self._generate_shared(texts, gen_kwargs) if self.shares_prefix else None
             if new is None:
                 inputs = self._left_padded(texts, images)
                 out = self.model.generate(**inputs, pad_token_id=self.tokenizer.pad_token_id, **gen_kwargs)

@@ -177,7 +177,8 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
         average_gradients(self.params)  # several processes: DDP's mean of the gradients
         if distributed.world_size() > 1:  # the metrics too, averaged over processes
-            mean = sum_over_processes(torch.tensor(list(sums.values()), dtype=torch.float64)) / distributed.world_size()
+            values = torch.tensor(list(sums.values()), dtype=torch.float64, device=policy.device)  # NCCL: on the GPU
+            mean = sum_over_processes(values) / distributed.world_size()
             sums = dict(zip(sums, mean.tolist(), strict=True))
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()
