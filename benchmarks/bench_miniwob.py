@@ -4,10 +4,11 @@ Both settings drive the same Debian Chromium through the same BrowserGym ``Brows
 window, two browsers per env); they differ in what vlmq sets: ``slow_mo`` 0 instead of the task's 100 ms per
 Playwright operation, and ``pre_observation_delay`` 0.1 s instead of BrowserGym's 0.5 s. The two settings alternate
 (ABAB) over ``--rounds`` rounds in one process, each round timing one reset and ``--steps`` valid steps that leave
-the episode running (``hover`` on click-test's button), so both see the same machine. Memory: the resident set of
-the Chromium processes one env starts (both browsers), then of a second env, from psutil. Prints seconds per reset,
-steps per second, their ratios, and GB per env. Run:
-``python benchmarks/bench_miniwob.py [--task click-test] [--rounds 4] [--steps 8]``.
+the episode running (``hover`` on click-test's button), so both see the same machine. Memory: ``--envs`` envs
+opened one after another (vlmq's settings); the proportional set size of the processes they start (Playwright's
+driver, both browsers) per env, and the fall of the system's available memory as each opens, from psutil. Prints
+seconds per reset, steps per second, their ratios, and GB per env. Run:
+``python benchmarks/bench_miniwob.py [--task click-test] [--rounds 4] [--steps 8] [--envs 3]``.
 """
 
 from __future__ import annotations
@@ -28,16 +29,19 @@ SETTINGS = {
 }
 
 
-def chromium() -> dict[int, psutil.Process]:
-    return {p.pid: p for p in psutil.process_iter(["name"]) if "chrom" in (p.info["name"] or "").lower()}
+def descendants() -> dict[int, psutil.Process]:
+    """This process's children, grandchildren... (Playwright's driver and every Chromium process it starts)."""
+    return {p.pid: p for p in psutil.Process().children(recursive=True)}
 
 
-def rss_gb(procs: list[psutil.Process]) -> float:
+def pss_gb(procs: list[psutil.Process]) -> float:
+    """Proportional set size summed over `procs`: shared pages split between their users, so the sum over
+    Chromium's many processes does not count its shared libraries once per process (RSS would)."""
     total = 0
     for p in procs:
         try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total / 2**30
 
@@ -60,6 +64,7 @@ def main() -> None:
     parser.add_argument("--task", default="click-test")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--envs", type=int, default=3, help="envs opened one after another for the memory figure")
     args = parser.parse_args()
 
     envs = {name: make_env(f"MiniWoB-{args.task}", **kw) for name, kw in SETTINGS.items()}
@@ -83,20 +88,24 @@ def main() -> None:
     (ours_reset, ours_step), (bg_reset, bg_step) = rows["vlmq"], rows["BrowserGym defaults"]
     print(f"  vlmq / BrowserGym: reset {bg_reset / ours_reset:.2f}x faster, steps {bg_step / ours_step:.2f}x faster")
 
-    before = set(chromium())
-    first = make_env(f"MiniWoB-{args.task}")
-    first.reset(seed=0)
-    one = [p for pid, p in chromium().items() if pid not in before]
-    second = make_env(f"MiniWoB-{args.task}")
-    second.reset(seed=1)
-    two = [p for pid, p in chromium().items() if pid not in before]
-    gb_one, gb_two = rss_gb(one), rss_gb(two)
+    before = set(descendants())
+    available = [psutil.virtual_memory().available]
+    opened = []
+    for seed in range(args.envs):  # one more env at a time: what each adds
+        opened.append(make_env(f"MiniWoB-{args.task}"))
+        opened[-1].reset(seed=seed)
+        time.sleep(1.0)  # let the pages settle
+        available.append(psutil.virtual_memory().available)
+    new = [p for pid, p in descendants().items() if pid not in before]
+    pss = pss_gb(new)
+    drops = [(a - b) / 2**30 for a, b in zip(available[:-1], available[1:], strict=True)]
     print(
-        f"  memory: one env's Chromium {gb_one:.2f} GB ({len(one)} processes), two envs {gb_two:.2f} GB "
-        f"(+{gb_two - gb_one:.2f} GB for the second); MiniWoBEnv.MEMORY_GB assumes {MiniWoBEnv.MEMORY_GB} GB"
+        f"  memory, {args.envs} envs ({len(new)} processes: driver and Chromium): {pss / args.envs:.2f} GB each "
+        f"(PSS); the system's available memory fell by {', '.join(f'{d:.2f}' for d in drops)} GB as each opened; "
+        f"MiniWoBEnv.MEMORY_GB assumes {MiniWoBEnv.MEMORY_GB} GB"
     )
-    first.close()
-    second.close()
+    for env in opened:
+        env.close()
 
 
 if __name__ == "__main__":
