@@ -193,8 +193,10 @@ class MiniWoBEnv(gymnasium.Env):
     """One MiniWoB++ task in its own Chromium (BrowserGym's ``BrowserEnv``), its observation as frame + text."""
 
     metadata = {"render_modes": ["rgb_array"]}
-    MEMORY_GB = 1.9
-    """Resident memory of one env's two Chromium instances (``benchmarks/bench_miniwob.py`` measures it)."""
+    MEMORY_GB = 0.6
+    """Memory one env holds (its two Chromium instances), which caps parallel envs by free memory.
+    ``benchmarks/bench_miniwob.py`` measured 0.39 GB per env (proportional set size, 3 click-test envs, 2-core
+    EPYC) and a 0.18-0.34 GB fall of available memory per env opened; 0.6 leaves room for heavier pages."""
 
     def __init__(
         self,
