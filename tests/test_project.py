@@ -220,3 +220,19 @@ def test_the_gpu_miniwob_pair_covers_all_27_tasks_on_the_papers_schedule(monkeyp
     cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
     names = {line.split("=")[0].strip() for line in "".join(cell["source"]).splitlines() if " = " in line}
     assert set(params) <= names, set(params) - names  # papermill would add an unknown name silently
+
+
+def test_executed_notebooks_carry_no_machine_paths_or_library_warnings():
+    """Issue 15: the committed executed notebooks read cleanly anywhere: no absolute paths of the machine that ran
+    them (site-packages, /tmp, /work, /home, /root) and no Python warnings in their outputs."""
+    import re
+
+    path = re.compile(r"(site-packages|/tmp/|/work/|/home/|/root/)")
+    for nb_path in sorted((ROOT / "nbs_outputs").glob("*.ipynb")):
+        nb = json.loads(nb_path.read_text())
+        for i, cell in enumerate(nb["cells"]):
+            for out in cell.get("outputs", []):
+                text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+                assert not path.search(text), (nb_path.name, i, path.search(text).group(0))
+                assert "Warning:" not in text, (nb_path.name, i, text[:200])
+        assert not path.search(json.dumps(nb["metadata"].get("papermill", {}))), nb_path.name
