@@ -191,7 +191,7 @@ def test_every_gym_cards_task_has_notebook_03_configs_that_differ_only_in_the_me
 
 
 def test_the_gpu_miniwob_pair_covers_all_27_tasks_on_the_papers_schedule(monkeypatch):
-    """configs/miniwob_gpu_*.yaml (notebook 06 on a GPU, configs/miniwob_gpu.params.yaml): the paper's 27 click
+    """configs/miniwob_gpu_*.yaml (notebook 06 on a GPU, configs/params/06_miniwob_gpu.yaml): the paper's 27 click
     tasks, each with random, partial and agent sources, the demonstrator only where one exists; Table 3's MiniWoB
     schedule; the two runs differ only in the method."""
     import yaml
@@ -202,7 +202,7 @@ def test_the_gpu_miniwob_pair_covers_all_27_tasks_on_the_papers_schedule(monkeyp
     from vlmq_core.run import notebook_configs
 
     monkeypatch.chdir(ROOT)
-    params = yaml.safe_load((ROOT / "configs" / "miniwob_gpu.params.yaml").read_text())
+    params = yaml.safe_load((ROOT / "configs" / "params" / "06_miniwob_gpu.yaml").read_text())
     cfgs = notebook_configs(params["config_files"])
     sft, afsft = cfgs["sft"], cfgs["afsft"]
     assert {key.split(".")[0] for key in config.differences(sft, afsft)} <= {"run_dir", "critic", "loss"}
