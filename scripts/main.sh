@@ -6,16 +6,18 @@
 # notebook's wall time, then the headline numbers from their metrics files.
 #   bash scripts/main.sh                 # every notebook, in order
 #   bash scripts/main.sh 03 04           # only these (by number)
+#   bash scripts/main.sh 06              # MiniWoB++ in Debian's Chromium (not in the default job: about 1 h on 2 cores)
 #   bash scripts/main.sh 03 -y "overrides: [train.steps=400]"   # later arguments go to papermill for each notebook
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 all=(01_base_model_prompting 02_dataset_building 03_offline_afsft 04_offline_to_online 05_maxq_ablation)
+extra=(06_miniwob)  # run only when named
 chosen=()
 while [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]{2}$ ]]; do
   match=""
-  for name in "${all[@]}"; do [[ "$name" == "$1"_* ]] && match="$name"; done
+  for name in "${all[@]}" "${extra[@]}"; do [[ "$name" == "$1"_* ]] && match="$name"; done
   if [ -z "$match" ]; then
-    echo "main.sh: no notebook numbered $1 (have: ${all[*]})" >&2
+    echo "main.sh: no notebook numbered $1 (have: ${all[*]} ${extra[*]})" >&2
     exit 2
   fi
   chosen+=("$match")
@@ -70,6 +72,13 @@ if path.is_file():
     m = json.loads(path.read_text())
     out["05_maxq_ablation"] = {
         arm: r | {"pi_unseen": m["usage"][arm]["tokens/pi_unseen"]} for arm, r in m["results"].items()
+    }
+path = Path("nbs_outputs/06_miniwob.metrics.json")
+if path.is_file():
+    m = json.loads(path.read_text())
+    out["06_miniwob"] = {
+        run: {task: {k: r[k] for k in ("success", "valid", "episodes")} for task, r in by_task.items()}
+        for run, by_task in m["results"].items()
     }
 print(json.dumps(out, indent=1))
 PY

@@ -42,6 +42,14 @@ def test_readme_gives_the_two_commands_and_ci_runs_the_test_one():
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_main_sh_runs_every_notebook_by_number():
+    script = (ROOT / "scripts" / "main.sh").read_text()
+    arrays = re.findall(r"^(?:all|extra)=\(([^)]*)\)", script, flags=re.M)
+    named = {name for names in arrays for name in names.split()}
+    assert named == {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")}
+    assert "bash scripts/main.sh 06" in (ROOT / "README.md").read_text()
+
+
 def test_paper_map_points_at_code_that_exists():
     text = (ROOT / "docs" / "PAPER_MAP.md").read_text()
     refs = re.findall(r"`(vlmq_core/[\w/]+)\.py::([\w.]+)`", text)
