@@ -233,8 +233,6 @@ def test_the_gpu_miniwob_pair_covers_all_27_tasks_on_the_papers_schedule(monkeyp
 def test_executed_notebooks_carry_no_machine_paths_or_library_warnings():
     """Issue 15: the committed executed notebooks read cleanly anywhere: no absolute paths of the machine that ran
     them (site-packages, /tmp, /work, /home, /root) and no Python warnings in their outputs."""
-    import re
-
     path = re.compile(r"(site-packages|/tmp/|/work/|/home/|/root/)")
     for nb_path in sorted((ROOT / "nbs_outputs").glob("*.ipynb")):
         nb = json.loads(nb_path.read_text())
