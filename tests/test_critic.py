@@ -36,6 +36,30 @@ def test_critic_shapes():
     assert critic.last is critic.net[-1] and critic.last.out_features == 50
 
 
+def test_taken_rows_equal_the_full_head_and_their_sparse_gradient_the_dense_one():
+    """The critic loss differentiates only the taken tokens' Q (Eq. 6): the taken-rows path gives the full head's
+    values, no gradient through the (N, V) values, and with ``sparse_grad`` (the trainer keeps a dense ``.grad``)
+    the same gradient as the dense path, added in place."""
+    torch.manual_seed(0)
+    head = CriticHead(16, 50, 8)
+    h, tokens = torch.randn(6, 16), torch.tensor([3, 3, 7, 0, 49, 12])
+    taken, every = head.taken_and_all(h, tokens)
+    torch.testing.assert_close(taken, head(h).gather(1, tokens[:, None]).squeeze(1))
+    torch.testing.assert_close(every, head(h))
+    assert taken.requires_grad and not every.requires_grad
+    grads = []
+    for sparse in (False, True):
+        head.sparse_grad = sparse
+        for p in head.parameters():
+            p.grad = torch.zeros_like(p)
+        (head.taken_and_all(h, tokens)[0] ** 2).sum().backward()
+        assert all(p.grad.layout == torch.strided for p in head.parameters())
+        grads.append([p.grad.clone() for p in head.parameters()])
+    for dense, sparse in zip(*grads, strict=True):
+        torch.testing.assert_close(sparse, dense)
+    assert grads[0][-2][[1, 2]].abs().sum() == 0 and grads[0][-2][3].abs().sum() > 0  # only taken rows
+
+
 def test_make_target_is_a_frozen_copy():
     critic = CriticHead(4, 5, hidden=3)
     target = make_target(critic)

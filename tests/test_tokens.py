@@ -230,3 +230,41 @@ def test_vlm_images_of_different_shapes_in_one_batch(image_turns):
     with torch.no_grad():
         both = policy.lm_logits(policy.hidden(batch.inputs).flatten(0, 1)[batch.pred_pos])
     torch.testing.assert_close(both, torch.cat(singles), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "idefics3"])
+def test_the_token_cache_tokenizes_each_prompt_and_reply_once_and_changes_nothing(request, family, monkeypatch):
+    """A minibatch is a gather of cached ids plus padding: the same tensors as tokenizing afresh, and on a second
+    pass over the same turns no tokenizer, processor or PNG decoder runs."""
+    from vlmq_core import tokens as tokens_module
+    from vlmq_core.tokens import TokenCache
+
+    policy = request.getfixturevalue(f"{family}_policy")
+    turns = request.getfixturevalue("text_turns" if family == "llama" else "image_turns")
+    trans = transitions(turns)
+    cache = TokenCache(policy)
+    cached, fresh = build_batch(policy, trans, cache), build_batch(policy, trans)
+    for name in ("pred_pos", "tokens", "turn_idx", "is_last", "next_last_pos", "next_turn_idx"):
+        assert torch.equal(getattr(cached, name), getattr(fresh, name)), name
+    for inputs in ("inputs", "next_inputs"):
+        a, b = getattr(cached, inputs), getattr(fresh, inputs)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), inputs
+    assert cache.misses == len(turns)  # each prompt once: the next prompts are the same turns' prompts
+
+    calls = []
+    monkeypatch.setattr(tokens_module, "encode_prompt", lambda *a: calls.append("prompt"))
+    monkeypatch.setattr(tokens_module, "encode_reply", lambda *a: calls.append("reply"))
+    monkeypatch.setattr(Turn, "decode_image", staticmethod(lambda data: calls.append("png")))
+    again = build_batch(policy, trans, cache)
+    assert calls == [] and torch.equal(again.inputs["input_ids"], fresh.inputs["input_ids"])
+
+
+def test_the_token_cache_keeps_to_its_memory_budget(image_turns, idefics3_policy):
+    from vlmq_core.tokens import TokenCache
+
+    cache = TokenCache(idefics3_policy, max_bytes=1)
+    for turn in image_turns:
+        cache.prompt(turn.prompt, turn.image)
+    assert len(cache._prompts) == 1  # the newest entry stays even when alone over the budget
+    cache.prompt(image_turns[0].prompt, image_turns[0].image)
+    assert cache.misses == len(image_turns) + 1

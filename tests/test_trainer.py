@@ -10,7 +10,7 @@ from vlmq_core.collect import CollectConfig, SourceConfig, collect
 from vlmq_core.config import ConfigError
 from vlmq_core.critic import CriticConfig
 from vlmq_core.losses import LossConfig
-from vlmq_core.model import Policy, PolicyConfig
+from vlmq_core.model import LoRAConfig, Policy, PolicyConfig
 from vlmq_core.tiny import tiny_llama
 from vlmq_core.trainer import TrainConfig, Trainer, load_history
 
@@ -146,3 +146,31 @@ def test_undefined_metrics_are_written_as_null_and_read_back_as_nan(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json_text(row) + "\n")
     back = load_history(tmp_path, key="epoch")
     assert len(back) == 1 and math.isnan(back[0]["online/agent_valid"]) and back[0]["epoch"] == 1
+
+
+def test_the_frozen_layer_cache_trains_as_the_full_pass_does_and_resumes(tmp_path, buffer):
+    """LoRA on the top layer only: with the frozen layer's output cached per turn (train.layer_cache_gb > 0) the
+    updates are those of running every layer (cache off), and a killed run resumes to the same weights."""
+    pcfg = PolicyConfig(critic=CriticConfig(hidden=32, whiten=True), lora=LoRAConfig(layers=1))
+    wcfg = {"whiten_every": 2, "whiten_calib_turns": 3}
+    uncached = make_policy(pcfg)
+    h_uncached = Trainer(uncached, buffer, cfg(layer_cache_gb=0, **wcfg)).fit(progress=False)
+    cached = make_policy(pcfg)
+    trainer = Trainer(cached, buffer, cfg(**wcfg), run_dir=tmp_path / "a")
+    assert trainer.frozen is not None
+    h_cached = trainer.fit(progress=False)
+    assert trainer.frozen.hits > 0 and trainer.frozen.anchors
+    assert [m["train/loss"] for m in h_cached] == pytest.approx([m["train/loss"] for m in h_uncached], rel=1e-4)
+    a, b = trainable(uncached), trainable(cached)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+
+    Trainer(make_policy(pcfg), buffer, cfg(steps=2, **wcfg), run_dir=tmp_path / "b").fit(progress=False)
+    resumed = make_policy(pcfg)
+    trainer = Trainer(resumed, buffer, cfg(**wcfg), run_dir=tmp_path / "b")
+    assert trainer.step == 2 and trainer.frozen.anchors  # the anchors come back with the checkpoint
+    h_resumed = trainer.fit(progress=False)
+    assert [m["train/loss"] for m in h_resumed] == [m["train/loss"] for m in h_cached]
+    c = trainable(resumed)
+    for k in b:
+        assert torch.equal(c[k], b[k]), k

@@ -7,6 +7,7 @@ positions it needs (reply tokens), never over the whole prompt.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -23,6 +24,7 @@ from torch import nn
 from vlmq_core import config
 from vlmq_core.config import ConfigError, check_fields
 from vlmq_core.critic import CriticConfig, CriticHead, InputWhitening, PopArt, init_constant, make_target
+from vlmq_core.frozen import LayerRange, count_frozen_layers
 from vlmq_core.prefix import (
     MIN_SHARED_PREFIX,
     generate_with_shared_prefix,
@@ -76,9 +78,16 @@ class LoRAConfig:
     """Dropout on the adapter input."""
     target_modules: list[str] | None = None
     """peft target modules; None picks every nn.Linear inside the text decoder (the vision tower stays frozen)."""
+    layers: int | None = None
+    """Adapt only the top ``layers`` decoder layers (ours); None adapts every layer (the paper's). The frozen layers
+    below then run without gradient, and ``train.layer_cache_gb`` keeps their outputs per turn (docs/PAPER_MAP.md)."""
 
     def __post_init__(self) -> None:
         check_fields(self, "lora.")
+        if self.layers is not None and self.layers < 1:
+            raise ConfigError(f"lora.layers must be >= 1 (or null for every layer), not {self.layers}.")
+        if self.layers is not None and self.target_modules is not None:
+            raise ConfigError("Set lora.layers or lora.target_modules, not both (target_modules names layers itself).")
 
 
 @dataclass
@@ -193,11 +202,33 @@ def _place(model: nn.Module, cfg: ModelConfig, device: torch.device) -> nn.Modul
     return model if cfg.quantization else model.to(device)
 
 
-def default_lora_targets(model: nn.Module) -> list[str]:
-    """Every nn.Linear inside the text decoder, by full name (vision towers and heads excluded)."""
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The text decoder's list of layers (``model.get_decoder().layers``); a clear error when it has none."""
+    layers = getattr(model.get_decoder(), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError(
+            f"{type(model.get_decoder()).__name__} keeps no `layers` list, so lora.layers cannot pick the top ones; "
+            "set lora.layers=null (every layer) or name modules in lora.target_modules."
+        )
+    return layers
+
+
+def default_lora_targets(model: nn.Module, layers: int | None = None) -> list[str]:
+    """Every nn.Linear inside the text decoder, by full name (vision towers and heads excluded); with `layers`,
+    only those inside its top `layers` decoder layers."""
     decoder = model.get_decoder()
     prefix = next(n for n, m in model.named_modules() if m is decoder)
-    names = [f"{prefix}.{n}" if prefix else n for n, m in decoder.named_modules() if isinstance(m, nn.Linear)]
+    inside = {id(m) for m in decoder.modules()}
+    if layers is not None:
+        stack = decoder_layers(model)
+        if layers > len(stack):
+            raise ConfigError(f"lora.layers={layers} but the decoder has {len(stack)} layers.")
+        inside = {id(m) for layer in stack[len(stack) - layers :] for m in layer.modules()}
+    names = [
+        f"{prefix}.{n}" if prefix else n
+        for n, m in decoder.named_modules()
+        if isinstance(m, nn.Linear) and id(m) in inside
+    ]
     if not names:
         raise ModelLoadError(f"No nn.Linear found in {type(decoder).__name__}; set LoRAConfig.target_modules.")
     return names
@@ -209,7 +240,7 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
 
     if getattr(model, "is_quantized", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    targets = cfg.target_modules if cfg.target_modules is not None else default_lora_targets(model)
+    targets = cfg.target_modules if cfg.target_modules is not None else default_lora_targets(model, cfg.layers)
     lcfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none")
     with warnings.catch_warnings():  # peft asks transformers for a renamed attribute: noise in every notebook
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -241,6 +272,8 @@ class Policy(nn.Module):
             init_constant(self.critic, float(self.popart.normalize(torch.tensor(float(c.init_q)))))
         self.target_critic = make_target(self.critic)
         self.whiten = InputWhitening(d_model, enabled=c.whiten).to(device)
+        self.frozen_layers = count_frozen_layers(self.model)
+        """L: bottom decoder layers without adapters (``lora.layers``); 0 when every layer is adapted."""
         self.stop_token_id = find_stop_token(self)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -260,14 +293,42 @@ class Policy(nn.Module):
     def vocab_size(self) -> int:
         return self.critic.last.out_features
 
+    @functools.cached_property
+    def bottom(self) -> LayerRange:
+        """The frozen layers 0..L-1 of the split f_theta (:mod:`vlmq_core.frozen`)."""
+        return LayerRange(self.decoder, 0, self.frozen_layers)
+
+    @functools.cached_property
+    def top(self) -> LayerRange:
+        """The adapted layers L..n-1 and the final norm of the split f_theta."""
+        return LayerRange(self.decoder, self.frozen_layers, len(self.decoder.layers))
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The LoRA-adapted model without its language head (a VLM's vision tower and connector included)."""
+        return self.model.get_base_model().base_model
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The text decoder inside the backbone (the backbone itself for a causal LM)."""
+        return self.model.get_base_model().get_decoder()
+
     # ---- f_theta and the heads -------------------------------------------------------------------
-    def hidden(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """f_theta: last hidden states (B, T, d) of the LoRA-adapted backbone (no language head)."""
-        backbone = self.model.get_base_model().base_model
+    def hidden(self, inputs: dict[str, torch.Tensor], lower: torch.Tensor | None = None) -> torch.Tensor:
+        """f_theta: last hidden states (B, T, d) of the LoRA-adapted backbone (no language head).
+
+        With `lower` (B, T, d), the frozen layers' output for these inputs (:class:`vlmq_core.frozen.FrozenCache`),
+        only the top layers run, from it: the same function of the inputs."""
         P = shared_prefix_len(inputs) if self.shares_prefix else 0
+        if lower is not None:
+            with self.top.active():
+                if P:
+                    return hidden_with_shared_prefix(self.decoder, inputs, P, embeds=lower)
+                mask = inputs["attention_mask"]
+                return self.decoder(inputs_embeds=lower, attention_mask=mask, use_cache=False).last_hidden_state
         if P:
-            return hidden_with_shared_prefix(backbone, inputs, P)
-        return backbone(**inputs, use_cache=False).last_hidden_state
+            return hidden_with_shared_prefix(self.backbone, inputs, P)
+        return self.backbone(**inputs, use_cache=False).last_hidden_state
 
     def lm_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Language head: (..., d) -> logits (..., |V|) in float32."""
@@ -279,9 +340,10 @@ class Policy(nn.Module):
         head = self.target_critic if target else self.critic
         return head(self.whiten(h.to(head.last.weight.dtype)))
 
-    def q_taken(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Normalised ``Q(h_i, tokens_i)`` of the online critic only for the given tokens: (N, d), (N,) -> (N,)."""
-        return self.critic.taken(self.whiten(h.to(self.critic.last.weight.dtype)), tokens)
+    def q_taken(self, h: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised Q of the online critic: ``Q(h_i, tokens_i)`` (N,) with gradient and ``Q(h_i, .)`` (N, V)
+        without (:meth:`CriticHead.taken_and_all`). (N, d), (N,) in."""
+        return self.critic.taken_and_all(self.whiten(h.to(self.critic.last.weight.dtype)), tokens)
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """``{"lora": [...], "critic": [...]}``: the only parameters an optimiser sees."""

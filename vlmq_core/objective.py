@@ -66,7 +66,7 @@ class Targets:
 
 def reply_hidden(policy: Policy, batch: TokenBatch) -> torch.Tensor:
     """Eq. 1: the hidden states predicting each reply token, packed. -> (N, d). No |V|-wide head."""
-    return policy.hidden(batch.inputs).flatten(0, 1)[batch.pred_pos]
+    return policy.hidden(batch.inputs, batch.lower).flatten(0, 1)[batch.pred_pos]
 
 
 def reply_heads(policy: Policy, batch: TokenBatch, critic: bool = False) -> ReplyHeads:
@@ -93,7 +93,7 @@ def td_targets(policy: Policy, batch: TokenBatch, heads: ReplyHeads, cfg: LossCo
     if batch.next_inputs is not None:
         was_training = policy.model.training
         policy.model.eval()
-        h0 = policy.hidden(batch.next_inputs).flatten(0, 1)[batch.next_last_pos]  # (B', d)
+        h0 = policy.hidden(batch.next_inputs, batch.next_lower).flatten(0, 1)[batch.next_last_pos]  # (B', d)
         policy.model.train(was_training)
         states.append(h0.to(h.dtype))
         state_logits.append(policy.lm_logits(h0))
@@ -159,8 +159,7 @@ def loss_from_heads(
     assert targets is not None, "the critic needs td_targets"
 
     ## Critic loss (Eq. 6) ##
-    q = policy.q_values(heads.h)  # (N, V) normalised
-    q_taken = q.gather(1, heads.taken[:, None]).squeeze(1)  # (N,)
+    q_taken, q = policy.q_taken(heads.h, heads.taken)  # (N,) with gradient, (N, V) without; normalised
     critic_loss, s_critic = losses.critic_loss(q_taken, policy.popart.normalize(targets.y))
 
     ## Actor loss (Eq. 3 / 4-5 / max-Q) ##

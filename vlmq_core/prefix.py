@@ -51,24 +51,32 @@ def shared_prefix_len(inputs: dict[str, torch.Tensor]) -> int:
     return P if P >= MIN_SHARED_PREFIX else 0
 
 
-def _cache_key(model: nn.Module) -> str:
+def cache_key(model: nn.Module) -> str:
     """transformers >= 5.x names the cache argument and output ``cache``; earlier 5.x ``past_key_values``."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def hidden_with_shared_prefix(backbone: nn.Module, inputs: dict[str, torch.Tensor], P: int) -> torch.Tensor:
-    """Last hidden states (B, T, d) of ``backbone`` on a right-padded batch whose rows share ``P`` tokens."""
+def hidden_with_shared_prefix(
+    backbone: nn.Module, inputs: dict[str, torch.Tensor], P: int, embeds: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Last hidden states (B, T, d) of ``backbone`` on a right-padded batch whose rows share ``P`` tokens; with
+    `embeds` (B, T, d), the backbone starts from them instead of embedding the ids (the top layers of a split
+    f_theta, :mod:`vlmq_core.frozen`; row 0's prefix states stand for every row's)."""
     ids = inputs["input_ids"]
     B, T = ids.shape
-    key = _cache_key(backbone)
-    pre = backbone(input_ids=ids[:1, :P], use_cache=True)
+    key = cache_key(backbone)
+    if embeds is None:
+        pre = backbone(input_ids=ids[:1, :P], use_cache=True)
+    else:
+        pre = backbone(inputs_embeds=embeds[:1, :P], use_cache=True)
     cache = getattr(pre, key)
     cache.batch_repeat_interleave(B)
     mask = inputs.get("attention_mask")
     if mask is None:
         mask = torch.ones_like(ids)
     positions = torch.arange(P, T, device=ids.device)[None].expand(B, -1)
-    suf = backbone(input_ids=ids[:, P:], attention_mask=mask, position_ids=positions, use_cache=True, **{key: cache})
+    rest = {"input_ids": ids[:, P:]} if embeds is None else {"inputs_embeds": embeds[:, P:]}
+    suf = backbone(**rest, attention_mask=mask, position_ids=positions, use_cache=True, **{key: cache})
     return torch.cat([pre.last_hidden_state.expand(B, -1, -1), suf.last_hidden_state], dim=1)
 
 
@@ -88,7 +96,7 @@ def generate_with_shared_prefix(
     mid[:, :P], mask[:, :P] = ids[:, :P], 1
     for i, n in enumerate(lengths.tolist()):  # each row's own tokens, right-aligned after the padding
         mid[i, P + L - (n - P) :], mask[i, P + L - (n - P) :] = ids[i, P:n], 1
-    key = _cache_key(getattr(model, "get_base_model", lambda: model)())
+    key = cache_key(getattr(model, "get_base_model", lambda: model)())
     pre = model(input_ids=mid[:1, :P], use_cache=True, logits_to_keep=1)
     cache = getattr(pre, key)
     cache.batch_repeat_interleave(B)

@@ -4,10 +4,14 @@ A turn ``(p_t, i_t, a_t, r_t, p_{t+1}, i_{t+1}, d_t)`` becomes the sequence ``[p
 reply tokens (the stop token included) are predicted by the hidden states at positions
 ``len(p_t) - 1 ... len(p_t) + l - 2`` (Eq. 1). Reply tokens of the whole batch are packed into one flat
 axis ``N`` so both heads run only where they are needed.
+
+A :class:`TokenCache` keeps what the tokenizer and processor make of each prompt and reply, so a training update
+gathers and pads ids it already has: datasets keep text (one dataset serves every model), ids are a cache.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -15,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmq_core.model import Policy
-from vlmq_core.turns import Transition
+from vlmq_core.turns import Transition, Turn
 
 
 @dataclass
@@ -42,6 +46,11 @@ class TokenBatch:
     """(B',) flat index of the last position of each next prompt: h_{t+1}^0 (Eq. 2)."""
     next_turn_idx: torch.Tensor
     """(B',) which turn each next prompt follows."""
+    lower: torch.Tensor | None = None
+    """(B, T, d) the frozen layers' output for `inputs` when a :class:`vlmq_core.frozen.FrozenCache` attached it:
+    the passes then run only the top layers."""
+    next_lower: torch.Tensor | None = None
+    """(B', T', d) the same for `next_inputs`."""
 
     @property
     def num_tokens(self) -> int:
@@ -69,19 +78,66 @@ def encode_reply(policy: Policy, reply: str) -> list[int]:
     return policy.tokenizer(reply, add_special_tokens=False).input_ids + [policy.stop_token_id]
 
 
-def seen_tokens(
-    policy: Policy, replies: Iterable[str], size: int, cache: dict[str, list[int]] | None = None
-) -> torch.Tensor:
+def seen_tokens(policy: Policy, replies: Iterable[str], size: int, cache: TokenCache | None = None) -> torch.Tensor:
     """(size,) bool: the token ids some reply uses, as :func:`encode_reply` tokenizes it (the stop token too);
-    `size` is the heads' vocabulary width (it may exceed the tokenizer's). `cache` (reply -> ids), when given, is
-    read and filled, so a caller that rebuilds the mask tokenizes each distinct reply once."""
-    cache = {} if cache is None else cache
+    `size` is the heads' vocabulary width (it may exceed the tokenizer's). With `cache` (a :class:`TokenCache` of
+    this policy), a caller that rebuilds the mask tokenizes each distinct reply once."""
     seen = torch.zeros(size, dtype=torch.bool)
     for reply in set(replies):
-        if reply not in cache:
-            cache[reply] = encode_reply(policy, reply)
-        seen[cache[reply]] = True
+        seen[cache.reply(reply) if cache is not None else encode_reply(policy, reply)] = True
     return seen
+
+
+def _tensor_bytes(enc: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in enc.values() if isinstance(t, torch.Tensor))
+
+
+class TokenCache:
+    """What one policy's tokenizer and processor make of prompts and replies, each computed once.
+
+    Prompts are keyed by their text and image bytes (the PNG of a :class:`Turn`, never decoded again on a hit),
+    replies by their text. Entries are CPU tensors with batch dim 1, as :func:`encode_prompt` returns them; the
+    least recently used prompts are dropped beyond `max_bytes` (processed images can be large), replies are kept.
+    """
+
+    def __init__(self, policy: Policy, max_bytes: int = 1 << 30):
+        self.policy, self.max_bytes = policy, max_bytes
+        self._prompts: OrderedDict[tuple[str, bytes | None], dict[str, torch.Tensor]] = OrderedDict()
+        self._replies: dict[str, list[int]] = {}
+        self.bytes = 0
+        self.misses = 0
+
+    def prompt(self, text: str, image: bytes | None) -> dict[str, torch.Tensor]:
+        """:func:`encode_prompt` of a prompt and its PNG image (or None), from the cache when it is there."""
+        key = (text, image)
+        enc = self._prompts.get(key)
+        if enc is not None:
+            self._prompts.move_to_end(key)
+            return enc
+        self.misses += 1
+        pil = Turn.decode_image(image) if image is not None else None
+        enc = {k: v for k, v in encode_prompt(self.policy, text, pil).items() if isinstance(v, torch.Tensor)}
+        self._prompts[key] = enc
+        self.bytes += _tensor_bytes(enc)
+        while self.bytes > self.max_bytes and len(self._prompts) > 1:
+            _, old = self._prompts.popitem(last=False)
+            self.bytes -= _tensor_bytes(old)
+        return enc
+
+    def reply(self, text: str) -> list[int]:
+        """:func:`encode_reply` of a reply (its ids and the stop token), from the cache when it is there."""
+        ids = self._replies.get(text)
+        if ids is None:
+            ids = self._replies[text] = encode_reply(self.policy, text)
+        return ids
+
+    def turn(self, turn: Turn) -> dict[str, torch.Tensor]:
+        """Model inputs of ``[p_t ; a_t ; stop]`` for one turn (batch dim 1, CPU)."""
+        enc = dict(self.prompt(turn.prompt, turn.image))
+        reply = torch.tensor(self.reply(turn.reply), dtype=enc["input_ids"].dtype)
+        enc["input_ids"] = torch.cat([enc["input_ids"], reply[None]], dim=1)
+        enc["attention_mask"] = torch.cat([enc["attention_mask"], torch.ones_like(reply)[None]], dim=1)
+        return enc
 
 
 def collate(policy: Policy, encoded: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -109,17 +165,17 @@ def collate(policy: Policy, encoded: list[dict[str, torch.Tensor]]) -> dict[str,
     return {k: v.to(policy.device) for k, v in out.items()}
 
 
-def build_batch(policy: Policy, transitions: list[Transition]) -> TokenBatch:
-    """Convert turn transitions ``(turn, next_turn)`` to a :class:`TokenBatch` (Eq. 1-2 inputs)."""
+def build_batch(policy: Policy, transitions: list[Transition], cache: TokenCache | None = None) -> TokenBatch:
+    """Convert turn transitions ``(turn, next_turn)`` to a :class:`TokenBatch` (Eq. 1-2 inputs): a gather of each
+    turn's ids from `cache` (a :class:`TokenCache` of this policy; a fresh one when None) and padding."""
+    cache = TokenCache(policy) if cache is None else cache
     encoded, pred_pos, tokens, turn_idx, is_last = [], [], [], [], []
     for b, (turn, _) in enumerate(transitions):
-        enc = encode_prompt(policy, turn.prompt, turn.pil_image())
-        p_len = enc["input_ids"].shape[1]
-        reply = torch.tensor(encode_reply(policy, turn.reply), dtype=enc["input_ids"].dtype)
-        enc["input_ids"] = torch.cat([enc["input_ids"], reply[None]], dim=1)
-        enc["attention_mask"] = torch.cat([enc["attention_mask"], torch.ones_like(reply)[None]], dim=1)
+        p_len = cache.prompt(turn.prompt, turn.image)["input_ids"].shape[1]
+        enc = cache.turn(turn)
         encoded.append(enc)
-        l = len(reply)
+        l = enc["input_ids"].shape[1] - p_len
+        reply = enc["input_ids"][0, p_len:]
         pred_pos.append(torch.arange(p_len - 1, p_len + l - 1))
         tokens.append(reply)
         turn_idx.append(torch.full((l,), b))
@@ -137,7 +193,7 @@ def build_batch(policy: Policy, transitions: list[Transition]) -> TokenBatch:
             )
     next_inputs, next_last = None, torch.zeros(0, dtype=torch.long)
     if nxt:
-        next_enc = [encode_prompt(policy, n.prompt, n.pil_image()) for _, n in nxt]
+        next_enc = [cache.prompt(n.prompt, n.image) for _, n in nxt]
         next_inputs = collate(policy, next_enc)
         lengths = torch.tensor([e["input_ids"].shape[1] for e in next_enc])
         next_last = torch.arange(len(nxt)) * next_inputs["input_ids"].shape[1] + lengths - 1

@@ -48,9 +48,12 @@ class Turn:
 
     def pil_image(self) -> Image.Image | None:
         """Decode `image` to a PIL RGB image (None when the turn has no image)."""
-        if self.image is None:
-            return None
-        return Image.open(io.BytesIO(self.image)).convert("RGB")
+        return None if self.image is None else self.decode_image(self.image)
+
+    @staticmethod
+    def decode_image(data: bytes) -> Image.Image:
+        """PNG bytes (a turn's `image`) -> PIL RGB image."""
+        return Image.open(io.BytesIO(data)).convert("RGB")
 
 
 Transition = tuple[Turn, Turn | None]
