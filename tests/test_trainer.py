@@ -174,3 +174,34 @@ def test_the_frozen_layer_cache_trains_as_the_full_pass_does_and_resumes(tmp_pat
     c = trainable(resumed)
     for k in b:
         assert torch.equal(c[k], b[k]), k
+
+
+@pytest.mark.parametrize("layers", [None, 1])
+def test_an_update_reads_no_device_value_until_its_metrics_row(buffer, monkeypatch, layers):
+    """On a GPU each host read of a device value (``item``, ``float``, ``bool``, ``nonzero``, ``tolist``...) waits
+    for the device and stalls the launch queue. vlmq's part of an update makes one, when its metrics row is made
+    (``as_numbers``). transformers' eager mask code makes one more per forward pass (it checks whether the sequences
+    are packed); a compiled pass traces that check away."""
+    pcfg = PolicyConfig(critic=CriticConfig(hidden=32, whiten=True), lora=LoRAConfig(layers=layers))
+    policy = make_policy(pcfg)
+    policy.cfg.model.share_prefix = False  # as on CUDA (`auto`); on a CPU the shared prefix reads lengths: no cost
+    trainer = Trainer(policy, buffer, cfg(steps=3, whiten_every=0, whiten_calib_turns=3))
+    trainer.calibrate_critic_inputs(progress=False)
+    trainer.train_step()  # first: fills the token and frozen-layer caches (host-side ids)
+    reads = []
+    for name in ("item", "tolist", "nonzero", "__float__", "__int__", "__bool__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _name=name, _original=original, **kw):
+            import traceback
+
+            frame = traceback.extract_stack(limit=2)[0]  # the code that read the value
+            # the token cache reads the tokenizer's own (host) tensors; transformers is discussed above
+            if not frame.filename.endswith(("/transformers/masking_utils.py", "/vlmq_core/tokens.py")):
+                reads.append(f"{_name} {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} {frame.line}")
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    metrics = trainer.train_step()
+    monkeypatch.undo()
+    assert len(reads) == 1 and reads[0].startswith("tolist trainer.py") and metrics["step"] == 2, "\n".join(reads)

@@ -118,13 +118,16 @@ class PopArt(nn.Module):
     @torch.no_grad()
     def update(self, sums: torch.Tensor, beta: float, heads: list[CriticHead]) -> None:
         """Move the statistics towards the targets' mean and mean square (rate `beta`) and rescale each head's last
-        layer so its *unnormalised* outputs are unchanged (PopArt's "preserving outputs precisely")."""
-        if not self.enabled or float(sums[2]) == 0:
+        layer so its *unnormalised* outputs are unchanged (PopArt's "preserving outputs precisely"). Empty targets
+        change nothing; no value is read on the host (the device is not waited for)."""
+        if not self.enabled:
             return
         mu_old, sigma_old = self.mu.clone(), self.sigma.clone()
-        mean, mean_sq = sums[0] / sums[2], sums[1] / sums[2]
-        self.mu.mul_(1 - beta).add_(beta * mean.to(self.mu))
-        self.nu.mul_(1 - beta).add_(beta * mean_sq.to(self.nu))
+        count = sums[2].clamp(min=1)
+        mean, mean_sq = (sums[0] / count).to(self.mu), (sums[1] / count).to(self.nu)
+        rate = (sums[2] > 0).to(self.mu) * beta  # 0 for an empty minibatch
+        self.mu.mul_(1 - rate).add_(rate * mean)
+        self.nu.mul_(1 - rate).add_(rate * mean_sq)
         sigma_new = self.sigma
         for head in heads:
             layer = head.last
@@ -153,8 +156,9 @@ class InputWhitening(nn.Module):
         self.register_buffer("refreshes", torch.zeros((), dtype=torch.long))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """(..., d) -> (..., d) whitened (identity when disabled or before the first refresh)."""
-        if not self.enabled or int(self.refreshes) == 0:
+        """(..., d) -> (..., d) whitened (identity when disabled; before the first refresh m = 0 and W = I, which
+        give h back exactly, without reading the refresh count on the host)."""
+        if not self.enabled:
             return h
         return (h - self.offset.to(h.dtype)) @ self.matrix.to(h.dtype)
 
@@ -173,14 +177,15 @@ class InputWhitening(nn.Module):
         ``max(beta, n / (count + n))``: an exact average until the window of ``1/beta`` updates is full.
         """
         s1, s2, n = (t.to(self.mean.device) for t in sums)
-        n = float(n)
-        if not self.enabled or n == 0:
+        if not self.enabled:
             return
-        rate = n / (float(self.count) + n)
+        n = n.double()
+        rate = n / (self.count + n).clamp(min=1)
         if not exact:
-            rate = max(beta, rate)
-        bm = s1 / n
-        bc = s2 / n - torch.outer(bm, bm)
+            rate = torch.clamp(rate, min=beta)
+        rate = rate * (n > 0)  # an empty minibatch changes nothing (no value read on the host)
+        bm = s1 / n.clamp(min=1)
+        bc = s2 / n.clamp(min=1) - torch.outer(bm, bm)
         mean, cov = self.mean.double(), self.cov.double()
         delta = bm - mean
         new_cov = (1 - rate) * cov + rate * bc + rate * (1 - rate) * torch.outer(delta, delta)
@@ -235,5 +240,4 @@ def make_target(critic: CriticHead) -> CriticHead:
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     """phi_bar <- (1 - tau) phi_bar + tau phi."""
-    for pt, po in zip(target.parameters(), online.parameters(), strict=True):
-        pt.lerp_(po, tau)
+    torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)

@@ -191,7 +191,7 @@ class FrozenCache:
         if set(enc) - {"input_ids", "attention_mask"}:  # images: no prefix is shared across different pictures
             out = self._run({k: v.to(dev) for k, v in enc.items()}, use_cache=False)
             return 0, out.last_hidden_state[0]
-        ids = enc["input_ids"][0].tolist()
+        ids = self.tokens.turn_ids(turn)
         anchor = self.anchors.get(turn.task)
         if anchor is None:
             anchor = self.anchors[turn.task] = self._anchor(ids)

@@ -285,7 +285,7 @@ def token_usage_summary(
             heads = reply_heads(policy, batch, critic=critic)
             stats = token_usage(policy, heads, seen.to(heads.logits.device), heads.q)
             for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v * batch.num_tokens
+                sums[k] = sums.get(k, 0.0) + float(v) * batch.num_tokens
             n += batch.num_tokens
     return {k: v / n for k, v in sums.items()}
 

@@ -1,5 +1,8 @@
 """Loss functions of VLM Q-Learning and their settings: pure functions of tensors returning ``(loss, stats)``.
 
+``stats`` values are detached 0-dim tensors (or plain numbers): reading one on the host would wait for the device,
+so the trainer turns a whole row into numbers once per update (``Trainer.train_step``).
+
 Shapes: ``N`` reply tokens of a minibatch, packed; ``V`` the vocabulary (language head output size).
 Equation numbers are the paper's (METHOD.md restores them). ``vlmq_core.objective`` applies them to a policy.
 """
@@ -49,7 +52,11 @@ class LossConfig:
         return not (self.actor == "sft" and self.critic_weight == 0)
 
 
-def sft_loss(logp: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+Stats = dict[str, torch.Tensor | float]
+"""Namespaced statistics of a loss: detached 0-dim tensors or numbers (docs/METRICS.md)."""
+
+
+def sft_loss(logp: torch.Tensor) -> tuple[torch.Tensor, Stats]:
     """Eq. 3: ``L_SFT = - mean_{reply tokens} log pi(a^{j+1} | h^j)``.
 
     logp: (N,) log-probability of each taken reply token.
@@ -63,14 +70,14 @@ def advantage_filter(adv: torch.Tensor, beta: float) -> torch.Tensor:
     return adv.detach() >= beta
 
 
-def afsft_loss(logp: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def afsft_loss(logp: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, Stats]:
     """Eq. 4: ``L_AFSFT = - sum_j f(h^j, a^{j+1}) log pi(a^{j+1} | h^j) / N``.
 
     The denominator counts every reply token (kept or not), so ``keep`` all True gives exactly Eq. 3.
     logp: (N,); keep: (N,) bool from :func:`advantage_filter`.
     """
     loss = -(logp * keep.to(logp.dtype)).sum() / logp.numel()
-    return loss, {"actor/afsft_loss": loss.item(), "actor/kept_frac": keep.float().mean().item()}
+    return loss, {"actor/afsft_loss": loss.detach(), "actor/kept_frac": keep.float().mean()}
 
 
 def expected_value(logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -125,25 +132,26 @@ def nstep_target(y1: torch.Tensor, turn_idx: torch.Tensor, n: int, gamma: float)
         return y1.detach()
     N = y1.shape[0]
     idx = torch.arange(N, device=y1.device)
-    counts = torch.bincount(turn_idx, minlength=int(turn_idx.max()) + 1 if N else 0)  # (B,)
-    starts = torch.cumsum(counts, 0) - counts  # (B,)
+    ones = torch.ones_like(turn_idx)
+    counts = torch.zeros(N, dtype=torch.long, device=y1.device).scatter_add_(0, turn_idx, ones)  # tokens per turn
+    starts = torch.cumsum(counts, 0) - counts  # first token of each turn (only turns 0..B-1 are read)
     pos = idx - starts[turn_idx]  # (N,) position j inside the turn
     m = torch.clamp(counts[turn_idx] - pos, max=n)  # (N,) steps until the bootstrap
     return (gamma ** (m - 1).to(y1.dtype) * y1[idx + m - 1]).detach()
 
 
-def critic_loss(q_taken: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def critic_loss(q_taken: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, Stats]:
     """Eq. 6: ``L_Q = mean (Q_phi(h, a) - y)^2`` over reply tokens (both PopArt-normalised). (N,), (N,)."""
     err = q_taken.float() - target.detach().float()
     loss = (err**2).mean()
-    return loss, {"critic/loss": loss.item(), "critic/abs_td_error": err.abs().mean().item()}
+    return loss, {"critic/loss": loss.detach(), "critic/abs_td_error": err.detach().abs().mean()}
 
 
-def maxq_loss(logits: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def maxq_loss(logits: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, Stats]:
     """The max-Q actor (ablation, Fig. 5): ``L = - mean_h sum_a pi(a|h) stopgrad(Q(h, a))``. (N, V), (N, V)."""
     probs = logits.float().softmax(-1)
     loss = -(probs * q.detach().float()).sum(-1).mean()
-    return loss, {"actor/maxq_loss": loss.item(), "actor/kept_frac": 1.0}
+    return loss, {"actor/maxq_loss": loss.detach(), "actor/kept_frac": 1.0}
 
 
 def joint_loss(actor: torch.Tensor, critic: torch.Tensor, critic_weight: float) -> torch.Tensor:

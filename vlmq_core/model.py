@@ -317,14 +317,20 @@ class Policy(nn.Module):
     def hidden(self, inputs: dict[str, torch.Tensor], lower: torch.Tensor | None = None) -> torch.Tensor:
         """f_theta: last hidden states (B, T, d) of the LoRA-adapted backbone (no language head).
 
-        With `lower` (B, T, d), the frozen layers' output for these inputs (:class:`vlmq_core.frozen.FrozenCache`),
-        only the top layers run, from it: the same function of the inputs."""
+        `inputs` are right-padded (:func:`vlmq_core.tokens.collate`). With `lower` (B, T, d), the frozen layers' output
+        for these inputs (:class:`vlmq_core.frozen.FrozenCache`), only the top layers run, from it: the same function
+        of the inputs."""
         P = shared_prefix_len(inputs) if self.shares_prefix else 0
+        mask = inputs.get("attention_mask")
+        if set(inputs) <= {"input_ids", "attention_mask"}:
+            # Text, right-padded, causal: padding only follows a row's tokens, which never attend to later positions,
+            # so their states need no mask. Without one, attention takes its causal kernel and no device value is
+            # read on the host (transformers checks whether a mask is all ones). Padded positions are never read.
+            inputs, mask = {"input_ids": inputs["input_ids"]}, None
         if lower is not None:
             with self.top.active():
                 if P:
                     return hidden_with_shared_prefix(self.decoder, inputs, P, embeds=lower)
-                mask = inputs["attention_mask"]
                 return self.decoder(inputs_embeds=lower, attention_mask=mask, use_cache=False).last_hidden_state
         if P:
             return hidden_with_shared_prefix(self.backbone, inputs, P)

@@ -99,12 +99,11 @@ def td_targets(policy: Policy, batch: TokenBatch, heads: ReplyHeads, cfg: LossCo
         state_logits.append(policy.lm_logits(h0))
     q_bar = policy.popart.denormalize(policy.q_values(torch.cat(states), target=True).float())  # (N + B', V)
     v = losses.expected_value(torch.cat(state_logits), q_bar)  # (N + B',)
-    next_v = torch.zeros(N, dtype=v.dtype, device=v.device)  # terminal stop tokens keep 0
-    inner = (~batch.is_last).nonzero().squeeze(1)
-    next_v[inner] = v[inner + 1]  # the next reply token of the same turn
+    next_v = torch.zeros(N, dtype=v.dtype, device=v.device)
+    next_v[:-1] = v[1:N]  # inside a reply: the next reply token of the same turn
+    next_v[batch.stop_idx] = 0.0  # after a stop token: 0 when the episode ended ...
     if batch.next_inputs is not None:
-        stops = batch.is_last.nonzero().squeeze(1)[batch.next_turn_idx]  # (B',) stop token of each continued turn
-        next_v[stops] = v[N:]
+        next_v[batch.stop_idx[batch.next_turn_idx]] = v[N:]  # ... else h_{t+1}^0's value
     y = losses.td_target(batch.token_rewards(), batch.token_dones(), next_v, cfg.gamma)  # (N,)
     y = losses.nstep_target(y, batch.turn_idx, cfg.td_steps, cfg.gamma)  # td_steps = 1: Eq. 6 as is
     return Targets(y=y, v_bar=v[:N])
@@ -122,18 +121,21 @@ def filter_advantage(
 
 
 @torch.no_grad()
-def token_usage(policy: Policy, heads: ReplyHeads, seen: torch.Tensor, q: torch.Tensor | None) -> dict[str, float]:
+def token_usage(policy: Policy, heads: ReplyHeads, seen: torch.Tensor, q: torch.Tensor | None) -> losses.Stats:
     """Where the policy's mass and the critic's preferences fall relative to the tokens the data uses (Fig. 5's
     max-Q failure): `seen` (V,) bool marks the tokens of the dataset's replies (stop included); `q` (N, V)
-    normalised online Q, or None without a critic. Means over the N reply positions (docs/METRICS.md)."""
+    normalised online Q, or None without a critic. Means over the N reply positions (docs/METRICS.md); masked
+    sums rather than boolean indexing, which would wait for the device."""
+    unseen = (~seen).float()  # (V,)
     probs = heads.logits.float().softmax(-1)  # (N, V)
-    stats = {"tokens/pi_unseen": probs[:, ~seen].sum(-1).mean().item()}
+    stats: losses.Stats = {"tokens/pi_unseen": (probs @ unseen).mean()}
     if q is not None:
         raw = policy.popart.denormalize(q.float())  # (N, V)
+        n_seen, n_unseen = seen.sum(), unseen.sum()
         stats |= {
-            "tokens/q_seen": raw[:, seen].mean().item(),
-            "tokens/q_unseen": raw[:, ~seen].mean().item() if (~seen).any() else float("nan"),
-            "tokens/argmax_q_unseen": (~seen[raw.argmax(-1)]).float().mean().item(),
+            "tokens/q_seen": (raw @ seen.float()).sum() / (raw.shape[0] * n_seen),
+            "tokens/q_unseen": (raw @ unseen).sum() / (raw.shape[0] * n_unseen),  # NaN when every token is seen
+            "tokens/argmax_q_unseen": unseen[raw.argmax(-1)].mean(),
         }
     return stats
 
@@ -145,17 +147,17 @@ def loss_from_heads(
     cfg: LossConfig,
     beta: float,
     seen: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, losses.Stats]:
     """Eq. 3-7 from the reply heads and targets, at the policy's current PopArt and whitening state (the online
     critic head runs here, after any rescale). Returns the scalar loss and namespaced statistics (docs/METRICS.md;
     with `seen`, the (V,) bool mask of the data's reply tokens, also :func:`token_usage`'s). `targets` may be None
     only for plain SFT (``cfg.uses_critic`` False)."""
     N = heads.logp.shape[0]
-    stats: dict[str, float] = {"train/reply_tokens": float(N), "train/beta": beta}
+    stats: losses.Stats = {"train/reply_tokens": float(N), "train/beta": beta}
     if not cfg.uses_critic:
         loss, s = losses.sft_loss(heads.logp)
         usage = token_usage(policy, heads, seen, None) if seen is not None else {}
-        return loss, stats | s | usage | {"train/loss": loss.item(), "actor/nll": loss.item()}
+        return loss, stats | s | usage | {"train/loss": loss.detach(), "actor/nll": loss.detach()}
     assert targets is not None, "the critic needs td_targets"
 
     ## Critic loss (Eq. 6) ##
@@ -175,20 +177,20 @@ def loss_from_heads(
         q_unnorm = policy.popart.denormalize(q_taken.float())
     usage = token_usage(policy, heads, seen, q) if seen is not None else {}
     return loss, stats | s_critic | s_actor | usage | {
-        "train/loss": loss.item(),
-        "critic/q_taken": q_unnorm.mean().item(),
-        "critic/td_target": targets.y.mean().item(),
-        "critic/adv_mean": adv.mean().item(),
-        "critic/adv_std": adv.std().item() if N > 1 else 0.0,
-        "critic/popart_mu": policy.popart.mu.item(),
-        "critic/popart_sigma": policy.popart.sigma.item(),
-        "actor/nll": -heads.logp.mean().item(),
+        "train/loss": loss.detach(),
+        "critic/q_taken": q_unnorm.mean(),
+        "critic/td_target": targets.y.mean(),
+        "critic/adv_mean": adv.mean(),
+        "critic/adv_std": adv.std() if N > 1 else 0.0,
+        "critic/popart_mu": policy.popart.mu.clone(),
+        "critic/popart_sigma": policy.popart.sigma,
+        "actor/nll": -heads.logp.detach().mean(),
     }
 
 
 def minibatch_loss(
     policy: Policy, batch: TokenBatch, cfg: LossConfig, beta: float
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, losses.Stats]:
     """The loss of one minibatch at the policy's current state (Eq. 1-7; pure: no parameter or buffer changes).
 
     A training step runs the same three parts with the PopArt and whitening updates between the targets and

@@ -36,6 +36,8 @@ class TokenBatch:
     """(N,) index of the turn (0..B-1) each reply token belongs to; tokens of a turn are contiguous."""
     is_last: torch.Tensor
     """(N,) bool: the token is its turn's stop token, whose transition carries r_t and d_t."""
+    stop_idx: torch.Tensor
+    """(B,) index in N of each turn's stop token (``is_last.nonzero()``, computed on the host)."""
     rewards: torch.Tensor
     """(B,) turn rewards r_t."""
     dones: torch.Tensor
@@ -131,6 +133,10 @@ class TokenCache:
             ids = self._replies[text] = encode_reply(self.policy, text)
         return ids
 
+    def turn_ids(self, turn: Turn) -> list[int]:
+        """The token ids of ``[p_t ; a_t ; stop]`` as a list (the image placeholders included)."""
+        return self.turn(turn)["input_ids"][0].tolist()
+
     def turn(self, turn: Turn) -> dict[str, torch.Tensor]:
         """Model inputs of ``[p_t ; a_t ; stop]`` for one turn (batch dim 1, CPU)."""
         enc = dict(self.prompt(turn.prompt, turn.image))
@@ -169,7 +175,8 @@ def build_batch(policy: Policy, transitions: list[Transition], cache: TokenCache
     """Convert turn transitions ``(turn, next_turn)`` to a :class:`TokenBatch` (Eq. 1-2 inputs): a gather of each
     turn's ids from `cache` (a :class:`TokenCache` of this policy; a fresh one when None) and padding."""
     cache = TokenCache(policy) if cache is None else cache
-    encoded, pred_pos, tokens, turn_idx, is_last = [], [], [], [], []
+    encoded, pred_pos, tokens, turn_idx, is_last, stop_idx = [], [], [], [], [], []
+    n = 0  # reply tokens so far
     for b, (turn, _) in enumerate(transitions):
         p_len = cache.prompt(turn.prompt, turn.image)["input_ids"].shape[1]
         enc = cache.turn(turn)
@@ -180,6 +187,8 @@ def build_batch(policy: Policy, transitions: list[Transition], cache: TokenCache
         tokens.append(reply)
         turn_idx.append(torch.full((l,), b))
         is_last.append(torch.arange(l) == l - 1)
+        n += l
+        stop_idx.append(n - 1)
     inputs = collate(policy, encoded)
     T = inputs["input_ids"].shape[1]
     pred = torch.cat(pred_pos) + torch.cat(turn_idx) * T
@@ -204,6 +213,7 @@ def build_batch(policy: Policy, transitions: list[Transition], cache: TokenCache
         tokens=torch.cat(tokens).long().to(dev),
         turn_idx=torch.cat(turn_idx).to(dev),
         is_last=torch.cat(is_last).to(dev),
+        stop_idx=torch.tensor(stop_idx, dtype=torch.long, device=dev),
         rewards=torch.tensor([float(t.reward) for t, _ in transitions], device=dev),
         dones=dones.to(dev),
         next_inputs=next_inputs,

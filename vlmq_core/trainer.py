@@ -117,6 +117,15 @@ def _make_optimizer(params: dict[str, list], cfg: TrainConfig) -> torch.optim.Op
     return torch.optim.AdamW(groups, fused=fused)
 
 
+def as_numbers(stats: dict[str, torch.Tensor | float], device: torch.device) -> dict[str, float]:
+    """A row of metrics as floats, read from the device in one transfer (and averaged over processes when there
+    are several: NCCL needs the tensor on the GPU)."""
+    values = torch.stack([torch.as_tensor(v, device=device).detach().double().reshape(()) for v in stats.values()])
+    if distributed.world_size() > 1:
+        values = sum_over_processes(values) / distributed.world_size()
+    return dict(zip(stats, values.tolist(), strict=True))
+
+
 def whitening_sums(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:meth:`InputWhitening.sums` of hidden states (N, d), summed over processes."""
     return tuple(sum_over_processes(t) for t in InputWhitening.sums(h.float()))
@@ -181,7 +190,7 @@ class Trainer:
         policy.train()
         beta = beta_schedule(self.step, loss_cfg.filter_start_step, loss_cfg.beta)
         use_bf16 = cfg.bf16 and policy.device.type == "cuda"
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor | float] = {}  # tensors stay on the device until the row is made
         for _ in range(cfg.grad_accum):
             batch = self.batch(self.buffer.sample(cfg.batch_size, self.rng))
             with torch.autocast(device_type=policy.device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -195,10 +204,6 @@ class Trainer:
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
         average_gradients(self.params)  # several processes: DDP's mean of the gradients
-        if distributed.world_size() > 1:  # the metrics too, averaged over processes
-            values = torch.tensor(list(sums.values()), dtype=torch.float64, device=policy.device)  # NCCL: on the GPU
-            mean = sum_over_processes(values) / distributed.world_size()
-            sums = dict(zip(sums, mean.tolist(), strict=True))
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -209,10 +214,10 @@ class Trainer:
             if self.whitening_active and cfg.whiten_every and self.step % cfg.whiten_every == 0:
                 policy.whiten.refresh([policy.critic, policy.target_critic], cfg.whiten_eps)
         lrs = self.scheduler.get_last_lr()
+        numbers = as_numbers(sums | {"train/grad_norm": grad_norm}, policy.device)  # the update's one wait
         return {
             "step": self.step,
-            **sums,
-            "train/grad_norm": float(grad_norm),
+            **numbers,
             "train/lr_lora": lrs[0],
             "train/lr_critic": lrs[1],
             "time/update_s": time.perf_counter() - t0,
