@@ -15,7 +15,7 @@ from vlmq_core.config import ConfigError
 from vlmq_core.run import RunConfig, load_config, notebook_configs
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "configs" / "gpu").glob("*.yaml"))
 
 
 def test_defaults_round_trip_through_yaml(tmp_path):

@@ -21,7 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vlmq_core import config
+from vlmq_core import config, hardware
 from vlmq_core.config import ConfigError, check_fields
 from vlmq_core.critic import CriticConfig, CriticHead, InputWhitening, PopArt, init_constant, make_target
 from vlmq_core.frozen import LayerRange, count_frozen_layers
@@ -163,6 +163,12 @@ def load_backbone(cfg: ModelConfig) -> tuple[nn.Module, object, bool]:
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    if device.type == "cpu" and dtype == torch.bfloat16 and not hardware.cpu_has_native_bf16():
+        warnings.warn(
+            "model.dtype=bfloat16 on a CPU without AVX512-BF16 or AMX: bfloat16 is emulated there and runs slower than "
+            "float32; set model.dtype=float32 (the CPU configs choose bfloat16 for CPUs that have it).",
+            stacklevel=2,
+        )
     kwargs = {"dtype": dtype, "quantization_config": _quantization_config(cfg, device)}
     if cfg.name == EMBEDDED:
         folder = embedded_dir()
@@ -238,7 +244,9 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     """Wrap ``model`` with peft LoRA adapters; every base parameter is frozen."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if getattr(model, "is_quantized", False):
+    # bitsandbytes weights only: a GGUF checkpoint is "quantized" to transformers too (its quantizer dequantizes at
+    # load), and preparing it for k-bit training would cast a bfloat16 model back to float32
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     targets = cfg.target_modules if cfg.target_modules is not None else default_lora_targets(model, cfg.layers)
     lcfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none")
