@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("config")
     ap.add_argument("--updates", type=int, default=60)
     ap.add_argument("overrides", nargs="*", metavar="key=value")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     cfg = load_config(args.config, args.overrides)
     buffer = open_dataset(cfg)
     if not len(buffer):  # a config without a dataset (BabyAI online) names one in its overrides (data.sources=...)

@@ -9,13 +9,16 @@ size (turns of NumberLine, random valid replies, no dataset or hub needed):
   (``reduce-overhead``, i.e. CUDA graphs, on CUDA), with ``--compile`` or on CUDA.
 - ``vlmq sft|afsft paper``: ``Trainer.train_step`` with ``configs/numberline_{sft,afsft}.yaml`` and LoRA on every
   layer (``lora.layers=null``, the paper's); ``vlmq sft|afsft``: the configs as shipped (their ``lora.layers`` and
-  the frozen-layer cache). Every arm sees the same minibatches; a first pass over them (cache misses, compilation)
-  is timed apart as ``first pass`` and not in the steady numbers.
+  the frozen-layer cache); ``vlmq afsft compiled``: with ``train.compile`` (``reduce-overhead`` on CUDA, ``default``
+  on a CPU), with ``--compile`` or on CUDA. Every arm sees the same minibatches; a first pass over them (cache misses,
+  compilation) is timed apart as ``first pass`` and not in the steady numbers. Every arm's model is in the configs'
+  ``model.dtype`` (bfloat16: on a CPU, the plain step's base weights too).
 - Columns: median ms per update, updates/s, tokens/s (the turns' real prompt and reply tokens per second), kernel
   launches per update and GPU busy fraction (CUDA, torch profiler; on a CPU the profiler's operator count), peak
   memory (CUDA allocator; on a CPU the process's peak RSS so far), and each arm's time over the plain eager step.
 - Replies: 32 NumberLine prompts, greedy, 24 new tokens at most, with ``Policy.generate`` as configured
-  (``model.generate_mode``), new tokens/s.
+  (``model.generate: auto``) and, with ``--compile`` or on CUDA, with a static cache and a compiled decode step
+  (``model.generate=static``): milliseconds and new tokens/s.
 
 Models: ``embedded`` (the GGUF), ``135m`` and ``1.7b`` (SmolLM2-135M / 1.7B shapes with random weights, built from a
 config: no download), ``tiny`` (a 2-layer model, for ``--dry-run`` checks). Run:
@@ -63,7 +66,7 @@ SHAPES = {
 """SmolLM2 shapes (HuggingFaceTB/SmolLM2-135M-Instruct and -1.7B-Instruct configs), and a tiny one."""
 
 
-def build_base(name: str, device: torch.device):
+def build_base(name: str, device: torch.device, dtype: str):
     """``(model, tokenizer, label)``: the embedded GGUF, or a SmolLM2-shaped model with random weights."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -71,7 +74,7 @@ def build_base(name: str, device: torch.device):
     from vlmq_core.tiny import embedded_tokenizer
 
     if name == "embedded":
-        model, tok, _ = load_backbone(ModelConfig(device=str(device)))
+        model, tok, _ = load_backbone(ModelConfig(device=str(device), dtype=dtype))
         return model, tok, "SmolLM2-135M-Instruct (embedded GGUF)"
     tok = embedded_tokenizer()
     cfg = LlamaConfig(
@@ -79,7 +82,7 @@ def build_base(name: str, device: torch.device):
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **SHAPES[name],
     )  # fmt: skip
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=resolve_dtype("auto", device)).to(device).eval()
+    model = AutoModelForCausalLM.from_config(cfg, dtype=resolve_dtype(dtype, device)).to(device).eval()
     return model, tok, f"SmolLM2-{name.upper()} shape, random weights"
 
 
@@ -206,6 +209,7 @@ def vlmq_arm(base, tok, label: str, config: str, overrides: list[str], batches, 
 
 
 def generate_arm(base, tok, label: str, prompts: list[str], device, overrides: list[str]) -> tuple[Callable, Callable]:
+    """Greedy replies to `prompts` with the AFSFT config's policy (and `overrides`); the step and its token count."""
     cfg = load_config("configs/numberline_afsft.yaml", overrides)
     policy = Policy(copy.deepcopy(base), tok, False, PolicyConfig(replace(cfg.model, device=str(device)), cfg.lora))
     out = {}
@@ -235,7 +239,7 @@ def main() -> None:
     ap.add_argument("--turns", default="8,32,128")
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="embedded model, 8 turns, 3 repeats, no compiled arm")
-    ap.add_argument("--compile", action="store_true", help="also the compiled plain step (always on CUDA)")
+    ap.add_argument("--compile", action="store_true", help="also the compiled arms (always on CUDA)")
     ap.add_argument("--json", help="also write every figure to this file")
     args = ap.parse_args()
     device = resolve_device(args.device)
@@ -243,12 +247,14 @@ def main() -> None:
     if args.quick:
         models, turns_list, repeats = ["embedded"], [8], 3
     compiled = args.compile or device.type == "cuda"
-    print(f"{hardware.describe()}; device {device}")
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    dtype = load_config("configs/numberline_afsft.yaml").model.dtype
+    print(f"{hardware.describe()}; device {device}; model.dtype {dtype} (configs/numberline_afsft.yaml)")
     transitions = numberline_turns(max(turns_list) * 2)
     rng = np.random.default_rng(0)
     results = []
     for model_name in models:
-        base, tok, label = build_base(model_name, device)
+        base, tok, label = build_base(model_name, device, dtype)
         for n in turns_list:
             picks = [[transitions[i] for i in rng.choice(len(transitions), n, replace=False)] for _ in range(4)]
             probe = Policy(copy.deepcopy(base), tok, False, PolicyConfig())
@@ -261,6 +267,8 @@ def main() -> None:
             for actor in ("sft", "afsft"):
                 cfg = f"configs/numberline_{actor}.yaml"
                 arms += [(f"vlmq {actor} paper", cfg, PAPER), (f"vlmq {actor}", cfg, [])]
+            if compiled:
+                arms.append(("vlmq afsft compiled", "configs/numberline_afsft.yaml", [f"train.compile={mode}"]))
             print(f"\n{label} on {device}, {n} turns a minibatch ({tokens} prompt and reply tokens)")
             ops = "ops" if device.type == "cpu" else "launches"
             print(
@@ -284,10 +292,12 @@ def main() -> None:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
         prompts = [t.prompt for t, _ in transitions[:32]]
-        step, new_tokens = generate_arm(base, tok, label, prompts, device, [])
-        m = measure(step, device, warm=1, repeats=max(2, repeats // 2))
-        print(f"generate 32 replies ({label}): {m['ms']:.0f} ms, {new_tokens() * 1000 / m['ms']:.0f} new tokens/s")
-        results.append({"model": model_name, "arm": "generate 32", "new_tokens": new_tokens(), **m})
+        for how in ["auto"] + (["static"] if compiled else []):
+            step, new_tokens = generate_arm(base, tok, label, prompts, device, [f"model.generate={how}"])
+            m = measure(step, device, warm=1, repeats=max(2, repeats // 2))
+            rate = new_tokens() * 1000 / m["ms"]
+            print(f"generate 32 replies, model.generate={how} ({label}): {m['ms']:.0f} ms, {rate:.0f} new tokens/s")
+            results.append({"model": model_name, "arm": f"generate 32 {how}", "new_tokens": new_tokens(), **m})
         del base
         gc.collect()
     if args.json:

@@ -35,8 +35,9 @@ def test_lora_layers_adapts_only_the_top_decoder_layers(family):
     assert not any(p.requires_grad for p in layers[0].parameters())
     assert any(p.requires_grad for p in layers[1].parameters())
     assert make_policy(family).frozen_layers == 0  # the paper's: every layer adapted, nothing to split
-    with pytest.raises(ConfigError, match="decoder has 2 layers"):
-        make_policy(family, cfg=PolicyConfig(lora=LoRAConfig(layers=3)))
+    deeper = make_policy(family, cfg=PolicyConfig(lora=LoRAConfig(layers=3)))  # a config meant for a deeper model
+    adapters = [n for n, p in deeper.model.named_parameters() if p.requires_grad]
+    assert deeper.frozen_layers == 0 and len([n for n in adapters if "lora_A" in n]) == 2 * 7  # every linear
     with pytest.raises(ConfigError, match="lora.layers must be >= 1"):
         LoRAConfig(layers=0)
 

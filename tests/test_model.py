@@ -109,6 +109,19 @@ def test_generate_batch_with_prefixes(request, family):
     assert policy.generate(prompts[:1], imgs[:1], max_new_tokens=3, temperature=0.0) == alone[:1]
 
 
+def test_static_cache_generation_replies_as_the_dynamic_one(llama_policy):
+    """``model.generate=static``: a fixed-size cache and a compiled decode step (here on a CPU), prompts padded to 64
+    tokens and the batch to 4 rows; the greedy replies are the dynamic cache's."""
+    prompts = ["Hi", "A much longer prompt than the first one, with several more words in it.", "Target: 3."]
+    dynamic = llama_policy.generate(prompts, [None] * 3, max_new_tokens=4, temperature=0.0)
+    llama_policy.cfg.model.generate = "static"
+    try:
+        static = llama_policy.generate(prompts, [None] * 3, max_new_tokens=4, temperature=0.0)
+    finally:
+        llama_policy.cfg.model.generate = "auto"
+    assert static == dynamic
+
+
 def perturb(policy: Policy, seed: int) -> None:
     """Random LoRA, critic and target weights and PopArt statistics: a 'trained' policy."""
     randomize_lora(policy, seed)

@@ -268,3 +268,18 @@ def test_the_token_cache_keeps_to_its_memory_budget(image_turns, idefics3_policy
     assert len(cache._prompts) == 1  # the newest entry stays even when alone over the budget
     cache.prompt(image_turns[0].prompt, image_turns[0].image)
     assert cache.misses == len(image_turns) + 1
+
+
+def test_padded_shapes_for_compiled_passes_change_no_index(text_turns, adapted_llama):
+    """``bucket`` rounds lengths up and ``next_rows`` adds copies of the first next prompt: every index still points
+    at the same token and state."""
+    trans = transitions(text_turns)
+    plain = build_batch(adapted_llama, trans)
+    padded = build_batch(adapted_llama, trans, bucket=64, next_rows=8)
+    assert padded.inputs["input_ids"].shape[1] % 64 == 0 and padded.next_inputs["input_ids"].shape[1] % 64 == 0
+    assert padded.next_inputs["input_ids"].shape[0] == 8
+    h, hp = adapted_llama.hidden(plain.inputs), adapted_llama.hidden(padded.inputs)
+    torch.testing.assert_close(hp.flatten(0, 1)[padded.pred_pos], h.flatten(0, 1)[plain.pred_pos])
+    n, nq = adapted_llama.hidden(plain.next_inputs), adapted_llama.hidden(padded.next_inputs)
+    torch.testing.assert_close(nq.flatten(0, 1)[padded.next_last_pos], n.flatten(0, 1)[plain.next_last_pos])
+    assert torch.equal(padded.tokens, plain.tokens) and torch.equal(padded.next_turn_idx, plain.next_turn_idx)

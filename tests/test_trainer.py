@@ -10,7 +10,7 @@ from vlmq_core.collect import CollectConfig, SourceConfig, collect
 from vlmq_core.config import ConfigError
 from vlmq_core.critic import CriticConfig
 from vlmq_core.losses import LossConfig
-from vlmq_core.model import LoRAConfig, Policy, PolicyConfig
+from vlmq_core.model import LoRAConfig, Policy, PolicyConfig, decoder_pass
 from vlmq_core.tiny import tiny_llama
 from vlmq_core.trainer import TrainConfig, Trainer, load_history
 
@@ -205,3 +205,21 @@ def test_an_update_reads_no_device_value_until_its_metrics_row(buffer, monkeypat
     metrics = trainer.train_step()
     monkeypatch.undo()
     assert len(reads) == 1 and reads[0].startswith("tolist trainer.py") and metrics["step"] == 2, "\n".join(reads)
+
+
+def test_compiled_passes_train_as_the_eager_ones(buffer):
+    """train.compile: the decoder passes of an update through torch.compile (``default`` here, on a CPU), shapes
+    padded to repeat; the losses and weights are the eager run's (CUDA graphs are checked by scripts/gpu_paper.sh)."""
+    pcfg = PolicyConfig(critic=CriticConfig(hidden=32), lora=LoRAConfig(layers=1, dropout=0.0))  # compiled RNG differs
+    eager = make_policy(pcfg)
+    h_eager = Trainer(eager, buffer, cfg(steps=2, layer_cache_gb=0)).fit(progress=False)
+    compiled = make_policy(pcfg)
+    trainer = Trainer(compiled, buffer, cfg(steps=2, layer_cache_gb=0, compile="default"))
+    h_compiled = trainer.fit(progress=False)
+    assert trainer._passes is not None and compiled._pass is decoder_pass  # eager again outside its updates
+    assert [m["train/loss"] for m in h_compiled] == pytest.approx([m["train/loss"] for m in h_eager], rel=1e-4)
+    a, b = trainable(eager), trainable(compiled)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+    with pytest.raises(ConfigError, match="train.compile"):
+        TrainConfig(compile="max")

@@ -238,6 +238,7 @@ class FrozenCache:
             nxt = [n for t, n in transitions if not t.done]
             lengths = [self.tokens.prompt(n.prompt, n.image)["input_ids"].shape[1] for n in nxt]
             rows = [self.states(n)[:length] for n, length in zip(nxt, lengths, strict=True)]
+            rows += rows[:1] * (batch.next_inputs["input_ids"].shape[0] - len(rows))  # padding rows (build_batch)
             batch.next_lower = pad_states(rows, batch.next_inputs["input_ids"].shape[1])
         if not self._checked:
             self._check(batch)

@@ -12,6 +12,8 @@ import importlib.util
 import json
 import os
 import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -55,6 +57,12 @@ class ModelConfig:
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
     quantization: Literal["4bit", "8bit"] | None = None
     """4-bit or 8-bit base weights through bitsandbytes (CUDA only); None keeps full precision."""
+    generate: Literal["auto", "dynamic", "static"] = "auto"
+    """How ``Policy.generate`` keeps the key/value cache of a batch of replies: ``dynamic`` grows it per token
+    (transformers' default; with ``share_prefix`` the shared prompt prefix runs once); ``static`` allocates it once
+    and compiles the decode step (transformers' ``cache_implementation="static"``; prompts padded to buckets so the
+    compiled step repeats). ``auto`` is ``dynamic`` until a device's measurement says otherwise
+    (``benchmarks/bench_throughput.py``; docs/FINDINGS.md, 28)."""
     share_prefix: bool | Literal["auto"] = "auto"
     """Training passes and batched ``generate`` compute the prompt prefix the batch's rows share once
     (``vlmq_core.prefix``; causal LMs, text-only inputs). Same hidden states, gradients and greedy replies up to float
@@ -79,8 +87,9 @@ class LoRAConfig:
     target_modules: list[str] | None = None
     """peft target modules; None picks every nn.Linear inside the text decoder (the vision tower stays frozen)."""
     layers: int | None = None
-    """Adapt only the top ``layers`` decoder layers (ours); None adapts every layer (the paper's). The frozen layers
-    below then run without gradient, and ``train.layer_cache_gb`` keeps their outputs per turn (docs/PAPER_MAP.md)."""
+    """Adapt only the top ``layers`` decoder layers (ours; all of them in a decoder no deeper); None adapts every layer
+    (the paper's). The frozen layers below then run without gradient, and ``train.layer_cache_gb`` keeps their outputs
+    per turn (docs/PAPER_MAP.md)."""
 
     def __post_init__(self) -> None:
         check_fields(self, "lora.")
@@ -225,11 +234,9 @@ def default_lora_targets(model: nn.Module, layers: int | None = None) -> list[st
     decoder = model.get_decoder()
     prefix = next(n for n, m in model.named_modules() if m is decoder)
     inside = {id(m) for m in decoder.modules()}
-    if layers is not None:
+    if layers is not None:  # the top `layers` (every layer of a shallower decoder: a config fits other models)
         stack = decoder_layers(model)
-        if layers > len(stack):
-            raise ConfigError(f"lora.layers={layers} but the decoder has {len(stack)} layers.")
-        inside = {id(m) for layer in stack[len(stack) - layers :] for m in layer.modules()}
+        inside = {id(m) for layer in stack[max(0, len(stack) - layers) :] for m in layer.modules()}
     names = [
         f"{prefix}.{n}" if prefix else n
         for n, m in decoder.named_modules()
@@ -253,6 +260,12 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     with warnings.catch_warnings():  # peft asks transformers for a renamed attribute: noise in every notebook
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(model, lcfg)
+
+
+def decoder_pass(module: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One pass of a backbone or decoder without a key/value cache: its last hidden states. What ``train.compile``
+    compiles (``Policy.compiled``)."""
+    return module(**inputs, use_cache=False).last_hidden_state
 
 
 class Policy(nn.Module):
@@ -282,6 +295,7 @@ class Policy(nn.Module):
         self.whiten = InputWhitening(d_model, enabled=c.whiten).to(device)
         self.frozen_layers = count_frozen_layers(self.model)
         """L: bottom decoder layers without adapters (``lora.layers``); 0 when every layer is adapted."""
+        self._pass = decoder_pass  # torch.compile'd inside Policy.compiled
         self.stop_token_id = find_stop_token(self)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -295,7 +309,9 @@ class Policy(nn.Module):
         """Whether passes and ``generate`` run the shared prompt prefix once (``model.share_prefix``; ``auto``: on
         the CPU only). Never for VLM inputs."""
         share = self.cfg.model.share_prefix
-        return not self.is_vlm and (self.device.type == "cpu" if share == "auto" else share)
+        if self.is_vlm or self._pass is not decoder_pass:  # compiled passes: one repeated shape, no cache
+            return False
+        return self.device.type == "cpu" if share == "auto" else share
 
     @property
     def vocab_size(self) -> int:
@@ -339,10 +355,21 @@ class Policy(nn.Module):
             with self.top.active():
                 if P:
                     return hidden_with_shared_prefix(self.decoder, inputs, P, embeds=lower)
-                return self.decoder(inputs_embeds=lower, attention_mask=mask, use_cache=False).last_hidden_state
+                return self._pass(self.decoder, {"inputs_embeds": lower, "attention_mask": mask})
         if P:
             return hidden_with_shared_prefix(self.backbone, inputs, P)
-        return self.backbone(**inputs, use_cache=False).last_hidden_state
+        return self._pass(self.backbone, inputs)
+
+    @contextmanager
+    def compiled(self, passes: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]):
+        """Run :meth:`hidden`'s decoder passes through `passes`, a ``torch.compile`` of :func:`decoder_pass` (the
+        trainer's, for its updates only: evaluation, calibration and the inspector stay eager, so their other shapes
+        compile nothing)."""
+        self._pass = passes
+        try:
+            yield
+        finally:
+            self._pass = decoder_pass
 
     def lm_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Language head: (..., d) -> logits (..., |V|) in float32."""
@@ -400,7 +427,10 @@ class Policy(nn.Module):
         was_training = self.model.training
         self.model.eval()
         try:
-            new = self._generate_shared(texts, gen_kwargs) if self.shares_prefix else None
+            static = self.generate_mode == "static"
+            new = self._generate_shared(texts, gen_kwargs) if self.shares_prefix and not static else None
+            if new is None and static:
+                new = self._generate_static(texts, images, gen_kwargs)
             if new is None:
                 inputs = self._left_padded(texts, images)
                 out = self.model.generate(**inputs, pad_token_id=self.tokenizer.pad_token_id, **gen_kwargs)
@@ -411,14 +441,43 @@ class Policy(nn.Module):
             pre + self.tokenizer.decode(ids, skip_special_tokens=True) for pre, ids in zip(prefixes, new, strict=True)
         ]
 
-    def _left_padded(self, texts: list[str], images: list[Image.Image | None]) -> dict[str, torch.Tensor]:
+    @property
+    def generate_mode(self) -> str:
+        """``dynamic`` or ``static`` (``model.generate``; ``auto`` is ``dynamic`` until measured otherwise)."""
+        return "dynamic" if self.cfg.model.generate == "auto" else self.cfg.model.generate
+
+    def _generate_static(self, texts: list[str], images: list[Image.Image | None], gen_kwargs: dict) -> torch.Tensor:
+        """Generated tokens with a fixed-size key/value cache and a compiled decode step (transformers'
+        ``cache_implementation="static"``). Prompts are left-padded to a multiple of 64 tokens and the batch to a
+        power of two rows (copies of the first), so the compiled step meets few shapes and its graphs repeat."""
+        from transformers import CompileConfig
+
+        n = len(texts)
+        rows = 1 << (n - 1).bit_length()
+        inputs = self._left_padded(texts + texts[:1] * (rows - n), images + images[:1] * (rows - n), bucket=64)
+        compile_config = CompileConfig(fullgraph=False, dynamic=False)
+        compile_config._compile_all_devices = self.device.type != "cuda"  # transformers compiles on CUDA by itself
+        out = self.model.generate(
+            **inputs,
+            pad_token_id=self.tokenizer.pad_token_id,
+            cache_implementation="static",
+            compile_config=compile_config,
+            **gen_kwargs,
+        )
+        return out[:n, inputs["input_ids"].shape[1] :]
+
+    def _left_padded(
+        self, texts: list[str], images: list[Image.Image | None], bucket: int | None = None
+    ) -> dict[str, torch.Tensor]:
         self.tokenizer.padding_side = "left"
         try:
             if self.is_vlm:
                 imgs = [[im] for im in images] if any(im is not None for im in images) else None
                 inputs = self.processor(text=texts, images=imgs, return_tensors="pt", padding=True)
             else:
-                inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+                inputs = self.tokenizer(
+                    texts, return_tensors="pt", padding=True, add_special_tokens=False, pad_to_multiple_of=bucket
+                )
         finally:
             self.tokenizer.padding_side = "right"
         return {k: v.to(self.device) for k, v in inputs.items()}

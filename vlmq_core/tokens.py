@@ -146,10 +146,11 @@ class TokenCache:
         return enc
 
 
-def collate(policy: Policy, encoded: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Right-pad input_ids/attention_mask; concatenate every other tensor (pixels...) along the batch axis."""
+def collate(policy: Policy, encoded: list[dict[str, torch.Tensor]], bucket: int = 1) -> dict[str, torch.Tensor]:
+    """Right-pad input_ids/attention_mask to the longest row, rounded up to a multiple of `bucket` (so compiled passes
+    meet few shapes); concatenate every other tensor (pixels...) along the batch axis."""
     pad = policy.tokenizer.pad_token_id
-    T = max(e["input_ids"].shape[1] for e in encoded)
+    T = -(-max(e["input_ids"].shape[1] for e in encoded) // bucket) * bucket
     out = {
         "input_ids": torch.stack(
             [F.pad(e["input_ids"][0], (0, T - e["input_ids"].shape[1]), value=pad) for e in encoded]
@@ -171,9 +172,18 @@ def collate(policy: Policy, encoded: list[dict[str, torch.Tensor]]) -> dict[str,
     return {k: v.to(policy.device) for k, v in out.items()}
 
 
-def build_batch(policy: Policy, transitions: list[Transition], cache: TokenCache | None = None) -> TokenBatch:
+def build_batch(
+    policy: Policy,
+    transitions: list[Transition],
+    cache: TokenCache | None = None,
+    bucket: int = 1,
+    next_rows: int | None = None,
+) -> TokenBatch:
     """Convert turn transitions ``(turn, next_turn)`` to a :class:`TokenBatch` (Eq. 1-2 inputs): a gather of each
-    turn's ids from `cache` (a :class:`TokenCache` of this policy; a fresh one when None) and padding."""
+    turn's ids from `cache` (a :class:`TokenCache` of this policy; a fresh one when None) and padding.
+
+    For compiled passes (``train.compile``) shapes repeat: lengths are padded to a multiple of `bucket`, and with
+    `next_rows` the next prompts to that many rows (copies of the first; only the real rows are read)."""
     cache = TokenCache(policy) if cache is None else cache
     encoded, pred_pos, tokens, turn_idx, is_last, stop_idx = [], [], [], [], [], []
     n = 0  # reply tokens so far
@@ -189,7 +199,7 @@ def build_batch(policy: Policy, transitions: list[Transition], cache: TokenCache
         is_last.append(torch.arange(l) == l - 1)
         n += l
         stop_idx.append(n - 1)
-    inputs = collate(policy, encoded)
+    inputs = collate(policy, encoded, bucket)
     T = inputs["input_ids"].shape[1]
     pred = torch.cat(pred_pos) + torch.cat(turn_idx) * T
 
@@ -203,8 +213,8 @@ def build_batch(policy: Policy, transitions: list[Transition], cache: TokenCache
     next_inputs, next_last = None, torch.zeros(0, dtype=torch.long)
     if nxt:
         next_enc = [cache.prompt(n.prompt, n.image) for _, n in nxt]
-        next_inputs = collate(policy, next_enc)
         lengths = torch.tensor([e["input_ids"].shape[1] for e in next_enc])
+        next_inputs = collate(policy, next_enc + next_enc[:1] * max(0, (next_rows or 0) - len(next_enc)), bucket)
         next_last = torch.arange(len(nxt)) * next_inputs["input_ids"].shape[1] + lengths - 1
     dev = policy.device
     return TokenBatch(

@@ -10,6 +10,7 @@ Metrics are one namespaced dict per update (definitions: ``docs/METRICS.md``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -31,7 +32,7 @@ from vlmq_core.critic import InputWhitening, PopArt, ema_update
 from vlmq_core.distributed import average_gradients, sum_over_processes
 from vlmq_core.frozen import FrozenCache
 from vlmq_core.losses import LossConfig, beta_schedule
-from vlmq_core.model import Policy
+from vlmq_core.model import Policy, decoder_pass
 from vlmq_core.objective import Targets, loss_from_heads, reply_heads, reply_hidden, td_targets
 from vlmq_core.report import check_report_to
 from vlmq_core.tokens import TokenBatch, TokenCache, build_batch, seen_tokens
@@ -81,6 +82,11 @@ class TrainConfig:
     whiten_calib_turns: int = 64
     """With ``critic.whiten``: turns run through the backbone (no gradient) to estimate the statistics before the
     first update."""
+    compile: Literal["auto", "none", "default", "reduce-overhead"] = "auto"
+    """``torch.compile`` of an update's decoder passes (``Policy.compiled``): ``default`` fuses kernels,
+    ``reduce-overhead`` also replays them as CUDA graphs; lengths are padded to multiples of 64 and next prompts to
+    ``batch_size`` rows so the shapes repeat. ``auto`` is ``none`` until a device's measurement says otherwise
+    (``benchmarks/bench_throughput.py``; docs/FINDINGS.md, 28). Compiling costs once per run, in its first updates."""
     layer_cache_gb: float = 2.0
     """With ``lora.layers`` below the decoder's depth: memory (GB, on the model's device) for the frozen layers' output
     per turn (``vlmq_core.frozen``; ours), so an update runs only the adapted layers; 0 runs the frozen layers (without
@@ -92,6 +98,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_fields(self, "train.")
         check_report_to(self.report_to)
+        if self.compile not in ("auto", "none", "default", "reduce-overhead"):
+            raise ConfigError(f"train.compile must be auto, none, default or reduce-overhead, not {self.compile!r}.")
         if self.layer_cache_gb < 0:
             raise ConfigError(f"train.layer_cache_gb must be >= 0 (0: no cache), not {self.layer_cache_gb}.")
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
@@ -171,6 +179,14 @@ class Trainer:
         self.reporter = None  # a vlmq_core.report.Reporter, set by vlmq_core.run.train
         self._seen: tuple[int, torch.Tensor] | None = None  # (buffer length, mask) of the data's reply tokens
         self.tokens = TokenCache(policy)  # each prompt and reply tokenized once
+        self.compile_mode = "none" if self.cfg.compile == "auto" else self.cfg.compile
+        self._passes = None  # the compiled decoder passes (train.compile)
+        if self.compile_mode != "none":
+            import torch._dynamo as dynamo
+
+            # one graph per padded length, training and inference: more than dynamo's default of 8
+            dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 64)
+            self._passes = torch.compile(decoder_pass, mode=self.compile_mode, dynamic=False)
         self.frozen = None  # the frozen layers' output per turn (lora.layers)
         if policy.frozen_layers and self.cfg.layer_cache_gb > 0:
             self.frozen = FrozenCache(policy, self.tokens, int(self.cfg.layer_cache_gb * 2**30))
@@ -191,9 +207,12 @@ class Trainer:
         beta = beta_schedule(self.step, loss_cfg.filter_start_step, loss_cfg.beta)
         use_bf16 = cfg.bf16 and policy.device.type == "cuda"
         sums: dict[str, torch.Tensor | float] = {}  # tensors stay on the device until the row is made
+        if self.compile_mode == "reduce-overhead" and policy.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # a new update: the last one's graph outputs are done with
         for _ in range(cfg.grad_accum):
             batch = self.batch(self.buffer.sample(cfg.batch_size, self.rng))
-            with torch.autocast(device_type=policy.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            compiled = policy.compiled(self._passes) if self._passes is not None else contextlib.nullcontext()
+            with compiled, torch.autocast(device_type=policy.device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 heads = reply_heads(policy, batch)  # Eq. 1
                 targets = td_targets(policy, batch, heads, loss_cfg) if loss_cfg.uses_critic else None  # Eq. 2, 6
                 if targets is not None:
@@ -224,8 +243,10 @@ class Trainer:
         }
 
     def batch(self, transitions: list[Transition]) -> TokenBatch:
-        """A minibatch of these transitions: their cached ids, and the frozen layers' output when there is a cache."""
-        batch = build_batch(self.policy, transitions, self.tokens)
+        """A minibatch of these transitions: their cached ids, and the frozen layers' output when there is a cache;
+        with compiled passes, padded to repeating shapes."""
+        shapes = {"bucket": 64, "next_rows": len(transitions)} if self._passes is not None else {}
+        batch = build_batch(self.policy, transitions, self.tokens, **shapes)
         return self.frozen.attach(batch, transitions) if self.frozen is not None else batch
 
     def seen_tokens(self, size: int) -> torch.Tensor:
