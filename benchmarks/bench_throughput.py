@@ -240,6 +240,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="embedded model, 8 turns, 3 repeats, no compiled arm")
     ap.add_argument("--compile", action="store_true", help="also the compiled arms (always on CUDA)")
+    ap.add_argument("--dtype", help="model dtype (default: configs/numberline_afsft.yaml's model.dtype)")
     ap.add_argument("--json", help="also write every figure to this file")
     args = ap.parse_args()
     device = resolve_device(args.device)
@@ -248,7 +249,7 @@ def main() -> None:
         models, turns_list, repeats = ["embedded"], [8], 3
     compiled = args.compile or device.type == "cuda"
     mode = "reduce-overhead" if device.type == "cuda" else "default"
-    dtype = load_config("configs/numberline_afsft.yaml").model.dtype
+    dtype = args.dtype or load_config("configs/numberline_afsft.yaml").model.dtype
     print(f"{hardware.describe()}; device {device}; model.dtype {dtype} (configs/numberline_afsft.yaml)")
     transitions = numberline_turns(max(turns_list) * 2)
     rng = np.random.default_rng(0)

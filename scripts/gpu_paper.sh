@@ -82,7 +82,7 @@ $PY -c "from vlmq_core import hardware; print(hardware.describe())" | tee -a "$L
 
 # 1. Throughput: vlmq's updates against a plain peft LoRA step on the same tokens, and replies.
 if [ "$MODE" = dry-run ]; then
-  BENCH=(--device cpu --models tiny --turns 8 --repeats 1)
+  BENCH=(--device cpu --models tiny --turns 8 --repeats 1 --dtype float32)
 else
   BENCH=(--device cuda --models 135m,1.7b --turns 8,32 --repeats 8)
 fi
@@ -96,8 +96,9 @@ TINY=()
 if [ "$MODE" = dry-run ]; then
   tiny="$OUT/tiny-model"
   $PY -c "import sys; from vlmq_core.tiny import save_tiny, tiny_llama; save_tiny(*tiny_llama(), sys.argv[1])" "$tiny"
-  TINY=(model.name="$tiny" online.epochs=2 online.offline_epochs=1 online.updates_per_epoch=2 online.steps_per_env=2
-        collect.num_envs=2 eval.num_envs=4)
+  TINY=(model.name="$tiny" model.dtype=float32 online.epochs=2 online.offline_epochs=1 online.updates_per_epoch=2
+        online.steps_per_env=2 collect.num_envs=2 collect.max_reply_tokens=4 eval.num_envs=4
+        "data.sources=[{strategy: random, episodes: 8, seed: 0}, {strategy: agent, episodes: 2, seed: 1000}]")
 fi
 EVAL_EPISODES=100
 [ "$MODE" = dry-run ] && EVAL_EPISODES=4
@@ -108,11 +109,15 @@ for task in numberline blackjack; do
   [ "$task" = numberline ] && budget=$(( budget / 2 ))
   say "## $task: $cfg, $budget s for data, training and scoring"
   $PY -m vlmq_core.cli collect --config "$cfg" data.path="$run/data" "${TINY[@]}" 2>&1 | tail -n 3 | tee -a "$LOG"
-  timeout $(( budget - 90 )) $PY -m vlmq_core.cli online --config "$cfg" run_dir="$run/online" data.path="$run/data" \
+  timeout $(( budget > 150 ? budget - 90 : 60 )) $PY -m vlmq_core.cli online --config "$cfg" run_dir="$run/online" data.path="$run/data" \
     "${TINY[@]}" 2>&1 | tr '\r' '\n' | grep -v 'it/s\]$\|s/it\]$' | tail -n 5 | tee -a "$LOG" \
     || say "(training stopped at its share of the window: scoring its last checkpoint)"
-  $PY -m vlmq_core.cli eval "$run/online" --episodes "$EVAL_EPISODES" --seed 20000 --out "$run/eval.json" \
-    "${TINY[@]}" 2>&1 | tail -n 4 | tee -a "$LOG"
+  if [ -d "$run/online/checkpoint" ]; then
+    $PY -m vlmq_core.cli eval "$run/online" --episodes "$EVAL_EPISODES" --seed 20000 --out "$run/eval.json" \
+      "${TINY[@]}" 2>&1 | tail -n 4 | tee -a "$LOG"
+  else
+    say "(no epoch of $task finished in its share of the window: nothing to score)"
+  fi
 done
 
 $PY scripts/diagnostics/gpu_report.py "$OUT" | tee "$OUT/report.md"

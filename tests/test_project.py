@@ -242,3 +242,27 @@ def test_executed_notebooks_carry_no_machine_paths_or_library_warnings():
                 assert not path.search(text), (nb_path.name, i, path.search(text).group(0))
                 assert "Warning:" not in text, (nb_path.name, i, text[:200])
         assert not path.search(json.dumps(nb["metadata"].get("papermill", {}))), nb_path.name
+
+
+@pytest.mark.slow
+def test_gpu_paper_script_dry_run(tmp_path):
+    """scripts/gpu_paper.sh --dry-run: the GPU window's script, whole, on a tiny model on the CPU: the benchmark's
+    arms, both tasks collected, trained, checkpointed and scored, and the report naming each part."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "DRY_OUT": str(tmp_path / "out")}
+    run = subprocess.run(
+        ["bash", "scripts/gpu_paper.sh", "--dry-run", "--minutes", "8"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = tmp_path / "out"
+    bench = json.loads((out / "bench.json").read_text())
+    arms = {r["arm"] for r in bench["results"]}
+    assert {"plain LoRA eager", "vlmq afsft paper", "vlmq afsft", "generate 32 auto"} <= arms
+    for task in ("numberline", "blackjack"):
+        scored = json.loads((out / task / "eval.json").read_text())
+        assert scored["eval/episodes"] == 4
+    report = (out / "report.md").read_text()
+    assert "| tiny | 8 | vlmq afsft |" in report and report.count("Held-out (seeds 20000+") == 2
