@@ -68,6 +68,20 @@ def test_cached_states_give_the_full_pass_hidden_states_and_gradients(family, sh
     assert cache.misses == len(trans) and cache.hits == len([t for t, _ in trans if not t.done])  # next = next turn
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_turns_of_any_model_share_the_anchor_prefix(family):
+    """Text-only turns (a VLM too, with collect.use_images=false) run only their own tokens after the anchor's
+    prefix, and still give the full pass's states."""
+    policy = top_policy(family)
+    trans = turns_of("llama")  # no images
+    tokens = TokenCache(policy)
+    cache = FrozenCache(policy, tokens, 1 << 30)
+    batch = cache.attach(build_batch(policy, trans, tokens), trans)
+    assert all(P >= MIN_SHARED_PREFIX for P, _ in cache._entries.values())
+    mask = batch.inputs["attention_mask"].bool()
+    torch.testing.assert_close(policy.hidden(batch.inputs, batch.lower)[mask], policy.hidden(batch.inputs)[mask])
+
+
 def test_a_turn_is_computed_once_on_its_own_tokens_after_the_anchor_prefix():
     policy = top_policy("llama")
     trans = turns_of("llama")

@@ -107,10 +107,6 @@ class Anchor:
     states: torch.Tensor
     kv: list[tuple[torch.Tensor, torch.Tensor]]
 
-    @property
-    def bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for pair in self.kv for t in pair) + _nbytes(self.states)
-
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
