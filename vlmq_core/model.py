@@ -182,6 +182,8 @@ def load_backbone(cfg: ModelConfig) -> tuple[nn.Module, object, bool]:
     if cfg.name == EMBEDDED:
         folder = embedded_dir()
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF)
+        if kwargs["quantization_config"] is None:
+            kwargs.update(_dense_gguf())
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_GGUF, **kwargs)
         return _place(model, cfg, device), tok, False
 
@@ -211,6 +213,17 @@ def load_backbone(cfg: ModelConfig) -> tuple[nn.Module, object, bool]:
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"Found a config for {cfg.name!r} but could not load its weights or processor: {e}") from e
     return _place(model, cfg, device), processor, is_vlm
+
+
+def _dense_gguf() -> dict:
+    """Ask transformers (5.2x and later can keep GGUF blocks packed behind hub-fetched matmul kernels) for the dense
+    model vlmq trains: plain ``nn.Linear`` weights in ``model.dtype``, the same on every machine, with no kernel
+    lookup and no warning that bfloat16 casts around packed kernels (it does not: nothing stays packed)."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers always dequantize
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
 
 
 def _place(model: nn.Module, cfg: ModelConfig, device: torch.device) -> nn.Module:
