@@ -37,6 +37,7 @@ import resource
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -165,10 +166,12 @@ def plain_arm(base, batches, device: torch.device, compiled: bool) -> Callable[[
     """The plain peft LoRA step on the same tokens (labels only on reply tokens)."""
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(
-        copy.deepcopy(base),
-        LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", bias="none"),
-    ).train()
+    with warnings.catch_warnings():  # peft asks transformers for a renamed attribute; not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(
+            copy.deepcopy(base),
+            LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", bias="none"),
+        ).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     data = []
     for b in batches:
