@@ -270,3 +270,36 @@ def test_the_allow_list_is_what_the_click_tasks_need_and_nothing_that_navigates_
     banned_names = ("check", "uncheck", "python", "goto", "go_back", "new_tab", "tab_close", "send_msg_to_user")
     for banned in (*banned_names, "upload_file"):
         assert parse_web_action(f"[action] {banned}('1')") is None
+
+
+HUGE = ["1" + "0" * 400, "-" + "9" * 400, "1e999", "-1e999", "0x" + "f" * 300]
+NON_PRINTING = ["\x80", "\x9b", "\x9f", "\u202e", "\u2066", "\u200b", "\u200d", "\ufeff", "\u00ad"]
+
+
+def _slot_value(kind: str) -> str:
+    return {"bid": "'7'", "text": "'ok'", "key": "'Enter'", "button": "'left'", "modifiers": "['Shift']",
+            "options": "'red'", "number": "5"}[kind]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(ACTIONS))
+def test_every_argument_slot_refuses_huge_numbers_and_non_printing_characters_without_raising(name):
+    """Issue 30, defects 1-2: a number beyond a float's range raised OverflowError (math.isfinite) and C1 controls
+    (U+009B is the one-byte terminal escape), bidi and zero-width characters passed into texts. Each slot, written
+    positionally and by name, gets each bad value; the call is refused, never raised, never passed through."""
+    params = ACTIONS[name]
+    for i in range(len(params)):
+        bad_values = [*HUGE, *(f"'a{c}b'" for c in NON_PRINTING), *(f"['a{c}b']" for c in NON_PRINTING)]
+        for bad in bad_values:
+            values = [_slot_value(q.kind) for q in params]
+            values[i] = bad
+            positional = f"[action] {name}({', '.join(values)})"
+            named = f"[action] {name}({', '.join(f'{q.name}={v}' for q, v in zip(params, values, strict=True))})"
+            for reply in (positional, named):
+                assert parse_web_action(reply) is None, reply  # refused, not raised, not passed through
+        good = f"[action] {name}({', '.join(_slot_value(q.kind) for q in params)})"
+        assert parse_web_action(good) is not None, good
+
+
+def test_text_keeps_printable_unicode_newline_and_tab():
+    reply = "[action] fill('3', 'Grüße\\tand\\nmore: 東京 ✓')"
+    assert parse_web_action(reply) == 'fill("3", "Grüße\\tand\\nmore: 東京 ✓")'

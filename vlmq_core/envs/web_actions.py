@@ -11,8 +11,8 @@ statement, look-alike letters), what reaches BrowserGym is a string this module 
 from __future__ import annotations
 
 import ast
-import math
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from vlmq_core.envs.text_action import ACTION_TAG
@@ -88,9 +88,12 @@ def _literal(node: ast.AST) -> object:
 
 
 def _text(value: object) -> str:
+    """A text argument, refused if it holds a non-printing code point: a control character (C0, DEL and C1, whose
+    U+009B is the one-byte terminal escape), a format character (bidi overrides and isolates, zero-width spaces and
+    joiners, the BOM), a surrogate. Newline and tab are kept (``quote`` escapes them)."""
     if not isinstance(value, str) or len(value) > MAX_TEXT_CHARS:
         raise _Reject
-    if any(ord(c) < 32 and c not in "\n\t" or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+    if any(c not in "\n\t" and unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in value):
         raise _Reject
     return value
 
@@ -124,7 +127,8 @@ def _check(kind: str, value: object) -> str:
             return "[" + ", ".join(quote(_text(v)) for v in value) + "]"
         return quote(_text(value))
     if kind == "number":
-        if type(value) not in (int, float) or not math.isfinite(value) or abs(value) > MAX_NUMBER:
+        # refuses nan and inf too, and compares an int of any size exactly (math.isfinite raised OverflowError)
+        if type(value) not in (int, float) or not abs(value) <= MAX_NUMBER:
             raise _Reject
         return repr(value)
     raise AssertionError(kind)
