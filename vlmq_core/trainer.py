@@ -98,8 +98,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_fields(self, "train.")
         check_report_to(self.report_to)
-        if self.compile not in ("auto", "none", "default", "reduce-overhead"):
-            raise ConfigError(f"train.compile must be auto, none, default or reduce-overhead, not {self.compile!r}.")
         if self.layer_cache_gb < 0:
             raise ConfigError(f"train.layer_cache_gb must be >= 0 (0: no cache), not {self.layer_cache_gb}.")
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
