@@ -286,3 +286,19 @@ def test_scores_are_cached_per_checkpoint_and_a_continued_run_is_scored_again(tm
     second = score_run(load_config(None, [*common, "online.epochs=3"]), 2, 500, progress=False)
     assert second["offline"]["eval/success"] == 0.125 and second["online"]["checkpoint_step"] == 6
     assert json.loads((tmp_path / "run" / "score-online-s500-n2.json").read_text())["checkpoint_step"] == 6
+
+
+def test_a_run_continued_with_a_full_fifo_buffer_logs_every_metric_as_the_uninterrupted_run(tmp_path, tiny_folders):
+    """With the buffer at its FIFO cap its length stops changing while its content does: a run continued after
+    epoch 2 logs the same rows, every column but time/ (the tokens/ ones read the data's current replies), as one
+    run straight to epoch 4."""
+    common = [*online_overrides(tiny_folders["llama"], tmp_path), "online.buffer_turns=12", "eval.episodes=0"]
+    assert cli.main(["collect", *common, "--quiet"]) == 0
+    straight, continued = tmp_path / "straight", tmp_path / "continued"
+    assert cli.main(["online", *common, f"run_dir={straight}", "--quiet"]) == 0
+    assert cli.main(["online", *common, f"run_dir={continued}", "online.epochs=2", "--quiet"]) == 0
+    assert cli.main(["online", "--resume", str(continued), "online.epochs=4", "--quiet"]) == 0
+    rows = _rows_without_time(straight)
+    assert [r["buffer/turns"] for r in rows] == [12] * 4  # full from the start: only its content changes
+    assert any(k.startswith("tokens/") for k in rows[-1])
+    assert _rows_without_time(continued) == rows

@@ -164,6 +164,9 @@ class TurnBuffer:
         self._next_index = 0
         self._transitions: list[Transition] | None = None
         self._episode_ids: set[str] | None = None
+        self.version = 0
+        """Counts the changes of the content (each add, each drop of the oldest turns): caches of what the buffer holds
+        key on it, since a full FIFO buffer changes while its length does not."""
         self.path.mkdir(parents=True, exist_ok=True)
         self._load()
         self._apply_cap()
@@ -213,6 +216,7 @@ class TurnBuffer:
         _fsync_dir(self.path)
         del self._turns[:excess]
         self._transitions = self._episode_ids = None
+        self.version += 1
 
     def _compact(self, min_shards: int) -> None:
         """Merge the trailing shards smaller than `shard_size` into one, when there are at least `min_shards`."""
@@ -246,6 +250,7 @@ class TurnBuffer:
         self._shards.append((shard, len(turns)))
         self._turns.extend(turns)
         self._transitions = None
+        self.version += 1
         if self._episode_ids is not None:  # kept up to date: an online run asks after every finished episode
             self._episode_ids.update(turn.episode_id for turn in turns)
         self._compact(self.compact_every)

@@ -175,7 +175,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.reporter = None  # a vlmq_core.report.Reporter, set by vlmq_core.run.train
-        self._seen: tuple[int, torch.Tensor] | None = None  # (buffer length, mask) of the data's reply tokens
+        self._seen: tuple[int, torch.Tensor] | None = None  # (buffer version, mask) of the data's reply tokens
         self.tokens = TokenCache(policy)  # each prompt and reply tokenized once
         self.compile_mode = "none" if self.cfg.compile == "auto" else self.cfg.compile
         self._passes = None  # the compiled decoder passes (train.compile)
@@ -248,12 +248,13 @@ class Trainer:
         return self.frozen.attach(batch, transitions) if self.frozen is not None else batch
 
     def seen_tokens(self, size: int) -> torch.Tensor:
-        """(size,) bool on the policy's device: the tokens of the buffer's replies as it is now (rebuilt when it
-        has grown or shrunk), for the ``tokens/`` metrics (Fig. 5's unseen tokens)."""
-        if self._seen is None or self._seen[0] != len(self.buffer):
+        """(size,) bool on the policy's device: the tokens of the buffer's replies as it is now (rebuilt whenever
+        its content changed: ``TurnBuffer.version``, not its length, which a full FIFO buffer keeps), for the
+        ``tokens/`` metrics (Fig. 5's unseen tokens)."""
+        if self._seen is None or self._seen[0] != self.buffer.version:
             replies = (t.reply for t in self.buffer.turns)
             mask = seen_tokens(self.policy, replies, size, cache=self.tokens)
-            self._seen = (len(self.buffer), mask.to(self.policy.device))
+            self._seen = (self.buffer.version, mask.to(self.policy.device))
         return self._seen[1]
 
     @torch.no_grad()
