@@ -25,8 +25,7 @@ from vlmq_core import hardware
 from vlmq_core.buffer import TurnBuffer
 from vlmq_core.collect import CollectConfig, SourceConfig, collect
 from vlmq_core.model import ModelConfig, PolicyConfig, load_policy
-from vlmq_core.online import run_online
-from vlmq_core.run import load_config
+from vlmq_core.run import load_config, online
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +67,7 @@ def epoch_shares(args) -> dict:
         cfg = load_config(args.config, overrides)
         data = TurnBuffer(cfg.data.path)
         collect(None, cfg.collect, SourceConfig("random", 40, 0), buffer=data, progress=False)
-        row = run_online(cfg, progress=False).history[-1]
+        row = online(cfg, progress=False).history[-1]
     total = row["time/epoch_s"]
     parts = {k: row.get(f"time/{k}_s", 0.0) for k in ("generate", "train", "eval")}
     out = {"epoch_s": total, **{f"{k}_share": v / total for k, v in parts.items()}}

@@ -103,6 +103,7 @@ class Replay:
     def __init__(self, batches: list[list[Transition]]):
         self.batches, self.i = batches, 0
         self.turns = [t for b in batches for t, _ in b]
+        self.version = 0  # its content never changes (TurnBuffer.version)
 
     def sample(self, n: int, rng) -> list[Transition]:
         batch = self.batches[self.i % len(self.batches)]

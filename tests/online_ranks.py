@@ -7,11 +7,10 @@ from pathlib import Path
 import torch
 
 from vlmq_core import distributed
-from vlmq_core.online import run_online
-from vlmq_core.run import load_config
+from vlmq_core.run import load_config, online
 
 if __name__ == "__main__":
     out, overrides = Path(sys.argv[1]), sys.argv[2:]
-    result = run_online(load_config(None, overrides), progress=False)
+    result = online(load_config(None, overrides), progress=False)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(result.policy.state_dict(), out / f"rank-{distributed.rank()}.pt")

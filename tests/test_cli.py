@@ -13,7 +13,7 @@ import torch
 from vlmq_core import cli, config
 from vlmq_core.model import load_checkpoint
 from vlmq_core.run import RunConfig
-from vlmq_core.trainer import load_history
+from vlmq_core.rundir import load_history
 
 ROOT = Path(__file__).resolve().parents[1]
 AFSFT = str(ROOT / "configs" / "numberline_afsft.yaml")

@@ -12,7 +12,8 @@ import yaml
 from vlmq_core import config
 from vlmq_core.collect import SourceConfig
 from vlmq_core.config import ConfigError
-from vlmq_core.run import RunConfig, load_config, notebook_configs
+from vlmq_core.experiments import notebook_configs
+from vlmq_core.run import RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "configs" / "gpu").glob("*.yaml"))

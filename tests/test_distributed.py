@@ -19,7 +19,7 @@ from test_online import online_overrides
 from vlmq_core import cli
 from vlmq_core.buffer import TurnBuffer
 from vlmq_core.model import load_checkpoint
-from vlmq_core.trainer import load_history
+from vlmq_core.rundir import load_history
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from vlmq_core.buffer import TurnBuffer
 from vlmq_core.inspector import filter_summary
 from vlmq_core.model import load_checkpoint
 from vlmq_core.run import RunConfig
-from vlmq_core.trainer import load_history
+from vlmq_core.rundir import load_history
 
 papermill = pytest.importorskip("papermill")
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_02_dataset_building_runs_and_its_tables_come_from_its_datasets(tmp_path
     every table row is what the saved dataset gives, every source has the episodes asked for, the uncorrupted
     oracle solves every NumberLine episode and random moves are always valid (a broken oracle, corruption or
     parser shows here), and the training datasets land under out_dir, not in runs/."""
-    from vlmq_core.datasets import source_quality
+    from vlmq_core.survey import source_quality
 
     sources = [
         {"strategy": "random", "episodes": 3, "seed": 0},
@@ -298,7 +298,7 @@ def test_06_miniwob_runs_in_real_browsers_and_its_tables_come_from_its_runs(tmp_
     """Notebook 06 on a tiny random model, two click tasks, one episode per source and task: its per-task data
     rows are what the saved dataset gives for each task, every source played every task, the demonstrator's
     replies are valid calls, each run is scored on every task, and the table's mean row is the mean of its rows."""
-    from vlmq_core.datasets import source_quality, task_table
+    from vlmq_core.survey import source_quality, task_table
 
     tasks = ["MiniWoB-click-test", "MiniWoB-click-button"]
     sources = [

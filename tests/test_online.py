@@ -20,9 +20,9 @@ from vlmq_core import cli, config
 from vlmq_core.buffer import TurnBuffer
 from vlmq_core.config import ConfigError
 from vlmq_core.model import load_checkpoint
-from vlmq_core.online import PRESETS, ExploreConfig, OnlineConfig
+from vlmq_core.online import ExploreConfig, OnlineConfig
 from vlmq_core.run import load_config
-from vlmq_core.trainer import load_history
+from vlmq_core.rundir import load_history
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,8 +85,9 @@ def test_presets_fill_a_config_file_and_the_file_wins(tmp_path):
     assert cfg.online.epochs == 7 and cfg.online.steps_per_env == 150 and cfg.online.min_buffer_turns == 5000
     assert cfg.online.explore.epsilon_start == 1.0 and cfg.online.explore.epsilon_end == 0.3
     assert cfg.train.lr_critic == 8e-4 and cfg.loss.critic_weight == 8.0
-    gym = PRESETS["gym-cards-paper"]["online"]
-    assert (gym["offline_epochs"], gym["steps_per_env"], gym["updates_per_epoch"]) == (50, 96, 512)
+    f.write_text("preset: gym-cards-paper\n")
+    gym = load_config(f).online  # the preset holds only what differs from the defaults (issue 30)
+    assert (gym.offline_epochs, gym.steps_per_env, gym.updates_per_epoch) == (50, 96, 512)
     f.write_text("preset: gym-cards-fast\n")
     with pytest.raises(ConfigError, match="Unknown preset 'gym-cards-fast'"):
         load_config(f)
@@ -271,7 +272,7 @@ def test_the_offline_epochs_are_the_offline_run_of_vlmq_train(tmp_path, tiny_fol
 def test_scores_are_cached_per_checkpoint_and_a_continued_run_is_scored_again(tmp_path, tiny_folders):
     """`score_run` reuses a cached score only for the checkpoint it was taken from: continuing a run to more epochs
     scores its new last checkpoint again, while the unchanged offline checkpoint's score is read back."""
-    from vlmq_core.online import score_run
+    from vlmq_core.experiments import score_run
 
     common = online_overrides(tiny_folders["llama"], tmp_path, epochs=2) + ["online.eval_every=0"]
     assert cli.main(["collect", *common, "--quiet"]) == 0

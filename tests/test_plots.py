@@ -156,18 +156,18 @@ def test_token_heatmap_dimensions_and_masked_marks():
     assert hm.zmid == 0.0
 
 
-def test_setup_notebook_keeps_a_html_copy_of_every_figure(monkeypatch):
+def test_setup_figures_keeps_a_html_copy_of_every_figure(monkeypatch):
     import plotly.io as pio
 
-    from vlmq_core.plots import setup_notebook
+    from vlmq_core.plots import setup_figures
 
     before = pio.renderers.default
     try:
         monkeypatch.delenv("VLMQ_PLOTLY", raising=False)
-        setup_notebook()
+        setup_figures()
         assert pio.renderers.default == "plotly_mimetype+notebook"  # plotly.js embedded once: readable offline
         monkeypatch.setenv("VLMQ_PLOTLY", "cdn")
-        setup_notebook()
+        setup_figures()
         assert pio.renderers.default == "plotly_mimetype+notebook_connected"
     finally:
         pio.renderers.default = before

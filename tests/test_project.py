@@ -187,7 +187,7 @@ def test_every_gym_cards_task_has_notebook_03_configs_that_differ_only_in_the_me
     evaluation (notebook_configs checks), differing only in run_dir, the critic and the loss; so has notebook 06's
     MiniWoB pair (its sources name their own tasks)."""
     from vlmq_core import config
-    from vlmq_core.run import notebook_configs, task_config_files
+    from vlmq_core.experiments import notebook_configs, task_config_files
 
     monkeypatch.chdir(ROOT)
     cfgs = notebook_configs(task_config_files(task))
@@ -207,7 +207,7 @@ def test_the_gpu_miniwob_pair_covers_all_27_tasks_on_the_papers_schedule(monkeyp
     from vlmq_core import config
     from vlmq_core.envs import MINIWOB_TASKS
     from vlmq_core.envs.miniwob import DEMONSTRATIONS
-    from vlmq_core.run import notebook_configs
+    from vlmq_core.experiments import notebook_configs
 
     monkeypatch.chdir(ROOT)
     params = yaml.safe_load((ROOT / "configs" / "params" / "06_miniwob_gpu.yaml").read_text())
@@ -266,3 +266,26 @@ def test_gpu_paper_script_dry_run(tmp_path):
         assert scored["eval/episodes"] == 4
     report = (out / "report.md").read_text()
     assert "| tiny | 8 | vlmq afsft |" in report and report.count("Held-out (seeds 20000+") == 2
+
+
+def test_the_core_has_no_import_cycle_and_online_sits_below_run():
+    """The import graph of vlmq_core (scripts/diagnostics/import_graph.py, the closing note's module map): no cycle,
+    `run` composes `online` and `online` imports nothing that leads back to `run`; the one import made inside a
+    function is the documented lazy one of the envs package (only gymnasium at `import vlmq_core`)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("import_graph", ROOT / "scripts" / "diagnostics" / "import_graph.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    g = mod.graph()
+    assert mod.cycle(g) is None
+    assert "vlmq_core.online" in g["vlmq_core.run"][0]
+    reach, todo = set(), ["vlmq_core.online"]
+    while todo:
+        m = todo.pop()
+        for t in (g[m][0] | g[m][1]) & g.keys():
+            if t not in reach:
+                reach.add(t)
+                todo.append(t)
+    assert "vlmq_core.run" not in reach and "vlmq_core.experiments" not in reach
+    assert {m: local for m, (_, local, _) in g.items() if local} == {"vlmq_core.envs": {"vlmq_core.envs.text_action"}}

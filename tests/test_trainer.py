@@ -11,8 +11,9 @@ from vlmq_core.config import ConfigError
 from vlmq_core.critic import CriticConfig
 from vlmq_core.losses import LossConfig
 from vlmq_core.model import LoRAConfig, Policy, PolicyConfig, decoder_pass
+from vlmq_core.rundir import RunDir, load_history
 from vlmq_core.tiny import tiny_llama
-from vlmq_core.trainer import TrainConfig, Trainer, load_history
+from vlmq_core.trainer import TrainConfig, Trainer
 
 SMALL_CRITIC = CriticConfig(hidden=32)
 """A narrow critic: its |V|-wide output layer (49152 tokens) dominates a tiny model's update time."""
@@ -36,10 +37,23 @@ def trainable(policy: Policy) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in named.items()} | {"popart.mu": policy.popart.mu.clone()}
 
 
+def fit_in(run_dir, trainer: Trainer) -> list[dict]:
+    """`vlmq train`'s loop: the trainer resumed from `run_dir` (when it holds a checkpoint), then fitted there."""
+    trainer, run = resume_in(run_dir, trainer)
+    return trainer.fit(progress=False, run=run)
+
+
+def resume_in(run_dir, trainer: Trainer) -> tuple[Trainer, RunDir]:
+    """The trainer resumed from `run_dir`'s newest checkpoint, if any, and the run's folder."""
+    run = RunDir(run_dir)
+    run.resume(trainer)
+    return trainer, run
+
+
 def test_fit_writes_metrics_and_a_checkpoint(tmp_path, buffer):
     policy = make_policy()
     before = trainable(policy)
-    history = Trainer(policy, buffer, cfg(steps=3), LossConfig(filter_start_step=1), tmp_path).fit(progress=False)
+    history = fit_in(tmp_path, Trainer(policy, buffer, cfg(steps=3), LossConfig(filter_start_step=1)))
     assert [m["step"] for m in history] == [1, 2, 3]
     assert history[0]["train/beta"] == float("-inf") and history[1]["train/beta"] == 0.0
     assert {"train/loss", "actor/kept_frac", "critic/loss", "train/grad_norm", "train/lr_lora"} <= set(history[-1])
@@ -53,16 +67,16 @@ def test_fit_writes_metrics_and_a_checkpoint(tmp_path, buffer):
 
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, buffer):
     straight = make_policy()
-    h_straight = Trainer(straight, buffer, cfg(), run_dir=tmp_path / "a").fit(progress=False)
+    h_straight = fit_in(tmp_path / "a", Trainer(straight, buffer, cfg()))
 
     first = make_policy()
-    Trainer(first, buffer, cfg(steps=2), run_dir=tmp_path / "b").fit(progress=False)
+    fit_in(tmp_path / "b", Trainer(first, buffer, cfg(steps=2)))
     with open(tmp_path / "b" / "metrics.jsonl", "a") as f:  # a step that ran after the checkpoint, then a kill
         f.write(json.dumps({"step": 3, "train/loss": 123.0}) + "\n" + '{"step": 4, "trai')
     resumed = make_policy()
-    trainer = Trainer(resumed, buffer, cfg(), run_dir=tmp_path / "b")
+    trainer, run = resume_in(tmp_path / "b", Trainer(resumed, buffer, cfg()))
     assert trainer.step == 2 and [m["step"] for m in trainer.history] == [1, 2]
-    h_resumed = trainer.fit(progress=False)
+    h_resumed = trainer.fit(progress=False, run=run)
 
     assert [m["train/loss"] for m in h_resumed] == pytest.approx([m["train/loss"] for m in h_straight], rel=1e-5)
     for got, want in zip(h_resumed, h_straight, strict=True):  # every metric column, time aside
@@ -77,16 +91,16 @@ def test_whitened_critic_calibrates_refreshes_and_resumes(tmp_path, buffer):
     pcfg = PolicyConfig(critic=CriticConfig(hidden=32, whiten=True))
     wcfg = {"whiten_every": 2, "whiten_calib_turns": 3}
     straight = make_policy(pcfg)
-    h_straight = Trainer(straight, buffer, cfg(**wcfg), run_dir=tmp_path / "a").fit(progress=False)
+    h_straight = fit_in(tmp_path / "a", Trainer(straight, buffer, cfg(**wcfg)))
     w = straight.whiten
     assert int(w.refreshes) == 3  # calibration, then after updates 2 and 4
     assert float(w.count) > 0 and not torch.equal(w.matrix, torch.eye(len(w.offset)))
 
-    Trainer(make_policy(pcfg), buffer, cfg(steps=2, **wcfg), run_dir=tmp_path / "b").fit(progress=False)
+    fit_in(tmp_path / "b", Trainer(make_policy(pcfg), buffer, cfg(steps=2, **wcfg)))
     resumed = make_policy(pcfg)
-    trainer = Trainer(resumed, buffer, cfg(**wcfg), run_dir=tmp_path / "b")
+    trainer, run = resume_in(tmp_path / "b", Trainer(resumed, buffer, cfg(**wcfg)))
     assert trainer.step == 2 and int(resumed.whiten.refreshes) == 2  # loaded, not calibrated again
-    h_resumed = trainer.fit(progress=False)
+    h_resumed = trainer.fit(progress=False, run=run)
     assert [m["train/loss"] for m in h_resumed] == pytest.approx([m["train/loss"] for m in h_straight], rel=1e-5)
     torch.testing.assert_close(resumed.whiten.matrix, w.matrix, rtol=1e-5, atol=1e-6)
 
@@ -97,10 +111,10 @@ def test_whitened_critic_calibrates_refreshes_and_resumes(tmp_path, buffer):
 
 def test_resume_uses_the_previous_checkpoint_when_killed_mid_write(tmp_path, buffer):
     policy = make_policy()
-    Trainer(policy, buffer, cfg(steps=2), run_dir=tmp_path).fit(progress=False)
+    fit_in(tmp_path, Trainer(policy, buffer, cfg(steps=2)))
     (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")  # killed between the two renames
     (tmp_path / "checkpoint.tmp").mkdir()  # and a half-written new one
-    trainer = Trainer(make_policy(), buffer, cfg(steps=2), run_dir=tmp_path)
+    trainer, run = resume_in(tmp_path, Trainer(make_policy(), buffer, cfg(steps=2)))
     assert trainer.step == 2
 
 
@@ -159,20 +173,20 @@ def test_the_frozen_layer_cache_trains_as_the_full_pass_does_and_resumes(tmp_pat
     uncached = make_policy(pcfg)
     h_uncached = Trainer(uncached, buffer, cfg(layer_cache_gb=0, **wcfg)).fit(progress=False)
     cached = make_policy(pcfg)
-    trainer = Trainer(cached, buffer, cfg(**wcfg), run_dir=tmp_path / "a")
+    trainer, run = resume_in(tmp_path / "a", Trainer(cached, buffer, cfg(**wcfg)))
     assert trainer.frozen is not None
-    h_cached = trainer.fit(progress=False)
+    h_cached = trainer.fit(progress=False, run=run)
     assert trainer.frozen.hits > 0 and trainer.frozen.anchors
     assert [m["train/loss"] for m in h_cached] == pytest.approx([m["train/loss"] for m in h_uncached], rel=1e-4)
     a, b = trainable(uncached), trainable(cached)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
 
-    Trainer(make_policy(pcfg), buffer, cfg(steps=2, **wcfg), run_dir=tmp_path / "b").fit(progress=False)
+    fit_in(tmp_path / "b", Trainer(make_policy(pcfg), buffer, cfg(steps=2, **wcfg)))
     resumed = make_policy(pcfg)
-    trainer = Trainer(resumed, buffer, cfg(**wcfg), run_dir=tmp_path / "b")
+    trainer, run = resume_in(tmp_path / "b", Trainer(resumed, buffer, cfg(**wcfg)))
     assert trainer.step == 2 and trainer.frozen.anchors  # the anchors come back with the checkpoint
-    h_resumed = trainer.fit(progress=False)
+    h_resumed = trainer.fit(progress=False, run=run)
     assert [m["train/loss"] for m in h_resumed] == [m["train/loss"] for m in h_cached]
     c = trainable(resumed)
     for k in b:

@@ -9,7 +9,8 @@
 
 Also ``python -m vlmq_core.cli``, so ``accelerate launch -m vlmq_core.cli train ...`` works. Overrides are dotted
 ``key=value`` pairs (values read as YAML); ``vlmq train --help`` lists every key with its help. A bad value or an
-unknown key exits with status 2 and one sentence.
+unknown key exits with status 2 and one sentence, before any model is loaded. Ctrl-C stops a command with one
+line: where the run stopped and the command that continues it (status 130).
 """
 
 from __future__ import annotations
@@ -17,19 +18,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 import textwrap
 from pathlib import Path
 
-from vlmq_core import config
+import torch
+
+from vlmq_core import config, distributed, hardware, sweeps
+from vlmq_core.buffer import BufferError
+from vlmq_core.collect import EvalConfig, ResumeError, evaluate
 from vlmq_core.config import ConfigError
+from vlmq_core.model import ModelLoadError, PolicyConfig, check_model_name, load_checkpoint, load_policy
+from vlmq_core.run import RunConfig, collect_data, load_config, online, train
+from vlmq_core.rundir import RunDir, find_checkpoint, write_json
 
 EPILOG_WIDTH = 118
 
 
 def _options_text() -> str:
-    from vlmq_core.run import RunConfig
-
     lines = ["config keys (override any as key=value; the config file sets them first):"]
     for key, tp, default, doc in config.options(RunConfig):
         items = isinstance(default, list) and default and dataclasses.is_dataclass(default[0])
@@ -106,12 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="JSON file to write (default: <run_dir>/eval-<task>-s<seed>-n<episodes>.json)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the config")
-    from vlmq_core import batch
-
     ba = sub.add_parser(
         "batch",
         help="run notebooks over a grid of parameters (papermill), then a summary table",
-        description=batch.__doc__,
+        description=sweeps.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ba.add_argument("notebooks", nargs="+", metavar="NOTEBOOK", help="notebooks to run (.ipynb)")
@@ -128,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--jobs", type=int, help="cells at a time (default: one per 2 cores, as free memory allows)")
     ba.add_argument("--mem-per-job", type=float, default=4.0, help="GB a cell needs, for the default --jobs (4)")
     ba.add_argument(
-        "--metrics", default=",".join(batch.DEFAULT_METRICS),
+        "--metrics", default=",".join(sweeps.DEFAULT_METRICS),
         help="comma-separated patterns of the metrics files' dotted keys to summarize (default: %(default)s)",
     )  # fmt: skip
     ba.add_argument("--kernel", default="python3", help="Jupyter kernel (default python3)")
@@ -138,19 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _collect(args) -> int:
-    from vlmq_core.run import collect_data, load_config
-
     cfg = load_config(args.config, args.overrides)
+    args.data_path = cfg.data.path
     buffer = collect_data(cfg, progress=not args.quiet)
     print(json.dumps(buffer.stats(), indent=1))
     return 0
 
 
 def _train(args) -> int:
-    from vlmq_core import distributed
-    from vlmq_core.run import load_config, train
-
     cfg = load_config(args.config, args.overrides)
+    args.run_dir = cfg.run_dir
     result = train(cfg, progress=not args.quiet)
     if not distributed.is_main():
         return 0
@@ -163,10 +165,6 @@ def _train(args) -> int:
 
 
 def _online(args) -> int:
-    from vlmq_core import distributed
-    from vlmq_core.online import run_online
-    from vlmq_core.run import load_config
-
     if args.resume:
         saved = Path(args.resume) / "config.yaml"
         if not saved.is_file():
@@ -176,7 +174,8 @@ def _online(args) -> int:
         cfg = load_config(saved, args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)
-    result = run_online(cfg, progress=not args.quiet)
+    args.run_dir = cfg.run_dir
+    result = online(cfg, progress=not args.quiet)
     if not distributed.is_main():  # one report per run, not per process
         return 0
     last = result.history[-1] if result.history else {}
@@ -188,11 +187,6 @@ def _online(args) -> int:
 
 
 def _eval(args) -> int:
-    from vlmq_core import hardware
-    from vlmq_core.collect import EvalConfig, evaluate
-    from vlmq_core.model import PolicyConfig, load_checkpoint, load_policy
-    from vlmq_core.run import load_config, write_json
-
     base = args.checkpoint == "base"
     folder = None if base else Path(args.checkpoint)
     if folder is not None and not folder.exists():
@@ -204,6 +198,7 @@ def _eval(args) -> int:
     overrides += [f"model.device={args.device}"] if args.device else []
     cfg = load_config(cfg_file, overrides)
     if base:
+        check_model_name(cfg.model)
         policy = load_policy(PolicyConfig(model=cfg.model, lora=cfg.lora))
     else:
         policy = load_checkpoint(folder, device=args.device)
@@ -221,15 +216,13 @@ def _eval(args) -> int:
 
 
 def _batch(args) -> int:
-    from vlmq_core import batch
-
-    grid = batch.build_grid(args.notebooks, args.params, args.grid_overrides, args.out, args.name)
+    grid = sweeps.build_grid(args.notebooks, args.params, args.grid_overrides, args.out, args.name)
     if args.list:
         for cell in grid.cells:
             print(f"{cell.state():<8} {cell.label}  {json.dumps(cell.coords)}")
         return 0
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    result = batch.run_batch(
+    result = sweeps.run_batch(
         grid, args.jobs, args.mem_per_job, args.kernel, metrics, progress=not args.quiet, cwd=Path.cwd()
     )
     print(result.summary.read_text())
@@ -248,10 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*getattr(args, "overrides", []), *extra]
-    from vlmq_core.buffer import BufferError
-    from vlmq_core.collect import ResumeError
-    from vlmq_core.model import ModelLoadError
-
     try:
         commands = {"collect": _collect, "train": _train, "online": _online, "eval": _eval, "batch": _batch}
         return commands[args.command](args)
@@ -261,6 +250,28 @@ def main(argv: list[str] | None = None) -> int:
     except (BufferError, ResumeError) as e:  # a dataset or a run on disk that cannot be used
         print(f"vlmq {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\nvlmq {args.command}: {_interrupted(args, argv)}", file=sys.stderr)
+        return 130
+
+
+def _interrupted(args, argv: list[str] | None) -> str:
+    """One line for Ctrl-C: where the run stopped and the command that continues it."""
+    again = "vlmq " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.command == "collect" and getattr(args, "data_path", None):
+        return f"stopped; every finished episode is in {args.data_path}: `{again}` collects the rest."
+    run_dir = getattr(args, "run_dir", None)
+    if args.command not in ("train", "online") or run_dir is None:
+        return "stopped."
+    folder = find_checkpoint(run_dir, "online.pt" if args.command == "online" else "trainer.pt")
+    if folder is None:
+        return f"stopped before {run_dir} had a checkpoint: `{again}` starts it again."
+    if args.command == "online":
+        epoch = torch.load(folder / "online.pt", map_location="cpu", weights_only=False)["ranks"][0]["online"]["epoch"]
+        where, again = f"after epoch {epoch}", f"vlmq online --resume {shlex.quote(str(run_dir))}"
+    else:
+        where = f"at update {torch.load(folder / 'trainer.pt', map_location='cpu', weights_only=False)['step']}"
+    return f"stopped; {RunDir(run_dir).path} holds its checkpoint {where}: `{again}` continues from there."
 
 
 if __name__ == "__main__":

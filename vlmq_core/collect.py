@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal, Self
 import numpy as np
 from tqdm.auto import tqdm
 
+from vlmq_core import distributed, hardware
 from vlmq_core.buffer import TurnBuffer
 from vlmq_core.config import ConfigError, check_fields
 from vlmq_core.envs import env_id, get_task, make_env, task_name
@@ -310,8 +311,11 @@ def collect(
     buffer: TurnBuffer | None = None,
     seeds: Sequence[int] | None = None,
     progress: bool = True,
+    label: str = "collect",
 ) -> list[EpisodeResult]:
-    """Play one episode per seed (default: ``source.seeds``) and return the results in seed order.
+    """Play one episode per seed (default: ``source.seeds``) and return the results in seed order. The progress
+    bar (named `label`) counts finished episodes and shows the batched step it is on, with no time estimate: the
+    episodes of a batch all finish near its end, so any estimate before then would mislead.
 
     Each finished episode's turns go to ``buffer.add``, which writes them to disk before collection moves on.
     ``random`` and ``oracle`` replies draw from a generator seeded by the episode's seed, so an episode is the
@@ -332,12 +336,22 @@ def collect(
         torch.manual_seed(seeds[0])
     queue, results = list(seeds), []
     ocfg = OracleConfig(source.corrupt_rate, source.thought)
-    bar = tqdm(total=len(seeds), desc=f"collect {cfg.task}/{source.strategy}", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(seeds),
+        desc=f"{label} {cfg.task}/{source.strategy}",
+        unit="episode",
+        bar_format="{desc}: {n_fmt}/{total_fmt} episodes, {elapsed}{postfix}",
+        disable=not progress,
+        leave=False,
+    )
     with EnvSlots(cfg, min(cfg.num_envs, len(seeds)), policy) as envs:
         for i in range(len(envs.envs)):
             envs.start(i, queue.pop(0))
+        step = 0
         while envs.active:
             n = len(envs.active)
+            step += 1
+            bar.set_postfix_str(f"step {step}, {n} playing")
             for i, turns, result in envs.step([source.strategy] * n, [name] * n, ocfg):
                 results.append(result)
                 if buffer is not None:
@@ -357,9 +371,7 @@ def memory_cap(task: str, n: int, free_gb: float | None = None) -> int:
     need = get_task(task).memory_gb
     if not need:
         return n
-    from vlmq_core.batch import available_memory_gb
-
-    free_gb = available_memory_gb() if free_gb is None else free_gb
+    free_gb = hardware.available_memory_gb() if free_gb is None else free_gb
     fits = max(1, int(free_gb // need))
     if fits < n:
         print(f"{task}: {n} envs need ~{n * need:.0f} GB and {free_gb:.1f} GB are free: running {fits} at once.")
@@ -439,14 +451,12 @@ def evaluate(
 ) -> dict[str, float]:
     """Evaluate the policy with the ``agent`` strategy on seeds ``eval.seed .. eval.seed + eval.episodes - 1``.
     With several processes each plays every N-th seed and the results are pooled on every process."""
-    from vlmq_core import distributed
-
     eval_cfg = eval_cfg or EvalConfig()
     source = SourceConfig("agent", eval_cfg.episodes, eval_cfg.seed)
     mine = list(source.seeds)[distributed.rank() :: distributed.world_size()]
     if eval_cfg.num_envs is not None:
         cfg = dataclasses.replace(cfg, num_envs=eval_cfg.num_envs)
-    results = collect(policy, cfg, source, seeds=mine, progress=progress and distributed.is_main())
+    results = collect(policy, cfg, source, seeds=mine, progress=progress and distributed.is_main(), label="eval")
     pooled = sorted((r for part in distributed.gather(results) for r in part), key=lambda r: r.seed)
     return summarize(pooled, prefix="eval")
 

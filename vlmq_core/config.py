@@ -286,7 +286,7 @@ def dumps(cfg: Any) -> str:
 def json_text(obj: Any, indent: int | None = None) -> str:
     """`obj` as strict JSON: a float that is not finite (NaN: a metric undefined in that row, such as the agent's
     valid-syntax rate in an epoch without agent turns) is written as ``null``, which every JSON reader accepts
-    (Python's default ``NaN`` is not JSON). :func:`vlmq_core.trainer.load_history` reads ``null`` back as NaN."""
+    (Python's default ``NaN`` is not JSON). :func:`vlmq_core.rundir.load_history` reads ``null`` back as NaN."""
 
     def finite(x: Any) -> Any:
         if isinstance(x, float):

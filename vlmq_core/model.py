@@ -127,6 +127,62 @@ def embedded_dir() -> str:
     return folder
 
 
+def check_model_name(cfg: ModelConfig) -> None:
+    """Refuse, in one sentence and without loading anything, a ``model.name`` that cannot load: the embedded
+    model not installed, a folder that is not there or holds no ``config.json``, an id that is not a Hugging
+    Face id, or one that is neither in the local cache nor on a reachable hub (checked with one short request)."""
+    if cfg.name == EMBEDDED:
+        embedded_dir()
+        return
+    name = os.path.expanduser(cfg.name)
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            raise ModelLoadError(
+                f"model.name {cfg.name!r} is a folder without config.json, so not a saved model: give the folder "
+                "that save_pretrained wrote, a Hugging Face id, or 'embedded'."
+            )
+        return
+    if os.path.exists(name):
+        raise ModelLoadError(f"model.name {cfg.name!r} is a file, not a model folder: give the folder that holds it.")
+    if name.startswith((".", "/", "~")):
+        raise ModelLoadError(
+            f"Model folder {name!r} does not exist. Pass an existing folder, a Hugging Face id, or 'embedded'."
+        )
+    import huggingface_hub as hub
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    try:
+        hub.utils.validate_repo_id(name)
+    except HFValidationError:
+        raise ModelLoadError(
+            f"model.name {cfg.name!r} is neither a folder here nor a Hugging Face id (owner/name): pass an existing "
+            "folder, an id such as 'HuggingFaceTB/SmolVLM-256M-Instruct', or 'embedded'."
+        ) from None
+    if isinstance(hub.try_to_load_from_cache(name, "config.json"), str):
+        return  # in the local cache: loads offline
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ModelLoadError(
+            f"model.name {cfg.name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it on a "
+            "machine with a network (huggingface-cli download), pass a local folder, or use 'embedded'."
+        )
+    try:
+        hub.model_info(name, timeout=10)
+    except (RepositoryNotFoundError, GatedRepoError) as e:
+        why = (
+            "is gated: accept its terms and `huggingface-cli login`"
+            if isinstance(e, GatedRepoError)
+            else ("does not exist on the Hugging Face hub (or is private: `huggingface-cli login`)")
+        )
+        raise ModelLoadError(
+            f"model.name {cfg.name!r} {why}; check the id, or use a local folder or 'embedded'."
+        ) from None
+    except Exception as e:  # no network, a proxy, a timeout
+        raise ModelLoadError(
+            f"model.name {cfg.name!r} is not in the Hugging Face cache and the hub cannot be reached "
+            f"({type(e).__name__}): download it where there is a network, pass a local folder, or use 'embedded'."
+        ) from None
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

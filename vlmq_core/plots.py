@@ -21,11 +21,11 @@ if TYPE_CHECKING:
     from vlmq_core.inspector import TokenView
 
 
-def setup_notebook() -> None:
+def setup_figures() -> None:
     """Make the notebook's plotly figures readable anywhere: each figure is saved both as plotly's JSON (which
     JupyterLab renders) and as HTML for nbconvert and static viewers, with plotly.js embedded once (about 4.8 MB,
     readable offline). ``VLMQ_PLOTLY=cdn`` loads plotly.js from its CDN instead (a few KB; ``vlmq batch`` sets it,
-    so a grid of runs does not store one copy per run). Every notebook's setup cell calls this."""
+    so a grid of runs does not store one copy per run). :func:`vlmq_core.experiments.setup_notebook` calls this."""
     import os
 
     import plotly.io as pio
@@ -333,7 +333,7 @@ def _source_label(source: str) -> str:
 
 def dataset_quality(tables: dict[str, list[dict]], limits: dict[str, float | None] | None = None) -> go.Figure:
     """Per task (columns), each source's success rate with its standard error (top) and valid-reply share
-    (bottom), from :func:`vlmq_core.datasets.source_quality` rows; a dashed line marks the task's limit (the best
+    (bottom), from :func:`vlmq_core.survey.source_quality` rows; a dashed line marks the task's limit (the best
     success any policy reaches) where `limits` has one. The ``all`` row is the dataset as a whole."""
     tasks = list(tables)
     fig = make_subplots(rows=2, cols=max(1, len(tasks)), shared_yaxes=True, subplot_titles=tasks, vertical_spacing=0.12)
@@ -385,7 +385,7 @@ def dataset_quality(tables: dict[str, list[dict]], limits: dict[str, float | Non
 
 def return_distributions(returns: dict[str, dict[str, list[float]]]) -> go.Figure:
     """Per task (columns), a box of episode returns per source (every episode a point), from
-    :func:`vlmq_core.datasets.returns_by_source`."""
+    :func:`vlmq_core.survey.returns_by_source`."""
     tasks = list(returns)
     fig = make_subplots(rows=1, cols=max(1, len(tasks)), subplot_titles=tasks)
     for c, task in enumerate(tasks, start=1):

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from vlmq_core.model import EMBEDDED_GGUF, embedded_dir
+
 SMOLVLM_CHAT_TEMPLATE = (
     "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
     "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
@@ -56,8 +58,6 @@ def _cache_dir() -> Path:
 @functools.lru_cache(maxsize=1)
 def _load_embedded_tokenizer():
     from transformers import AutoTokenizer
-
-    from vlmq_core.model import EMBEDDED_GGUF, embedded_dir
 
     gguf = Path(embedded_dir()) / EMBEDDED_GGUF
     st = gguf.stat()

@@ -1,25 +1,21 @@
-"""The offline trainer: minibatches of turns from a buffer, Eq. 7 updates, checkpoints, resume after a kill.
+"""The trainer: minibatches of turns from a buffer, Eq. 7 updates, and the offline loop (:meth:`Trainer.fit`).
 
 :meth:`Trainer.train_step` is the one place where training changes state, in the order of the pseudo-code in
 :mod:`vlmq_core.objective`: per minibatch the TD targets, then the PopArt update (which rescales both critic
 heads) and the whitening statistics, then the loss and its gradient; per update the optimizer step, the target
 EMA and, every ``whiten_every`` updates, the whitening refresh. Statistics are sums, added up over processes
 (``torch.distributed``) before they are applied, so every process holds the same heads.
-Metrics are one namespaced dict per update (definitions: ``docs/METRICS.md``).
+Metrics are one namespaced dict per update (definitions: ``docs/METRICS.md``). The trainer writes nothing to disk:
+its state is :meth:`Trainer.state_dict`, and a run's folder is written by :class:`vlmq_core.rundir.RunDir`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -37,6 +33,9 @@ from vlmq_core.objective import Targets, loss_from_heads, reply_heads, reply_hid
 from vlmq_core.report import check_report_to
 from vlmq_core.tokens import TokenBatch, TokenCache, build_batch, seen_tokens
 from vlmq_core.turns import Transition
+
+if TYPE_CHECKING:
+    from vlmq_core.rundir import RunDir
 
 
 @dataclass
@@ -140,8 +139,8 @@ def whitening_sums(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
 class Trainer:
     """Trains a :class:`Policy` on a :class:`TurnBuffer` with SFT, AFSFT or the max-Q actor.
 
-    With ``run_dir`` the run keeps ``checkpoint/`` and ``metrics.jsonl`` there and resumes from them. ``callback``
-    (called with the trainer every ``callback_every`` updates) may return metrics to add to that update's row.
+    ``callback`` (called with the trainer every ``callback_every`` updates of :meth:`fit`) may return metrics to add
+    to that update's row. A run's folder resumes a trainer with :meth:`vlmq_core.rundir.RunDir.resume`.
     """
 
     def __init__(
@@ -150,7 +149,6 @@ class Trainer:
         buffer: TurnBuffer,
         cfg: TrainConfig | None = None,
         loss: LossConfig | None = None,
-        run_dir: str | os.PathLike | None = None,
         callback: Callable[[Trainer], dict[str, float] | None] | None = None,
         callback_every: int = 0,
     ):
@@ -173,8 +171,7 @@ class Trainer:
         self.rng = np.random.default_rng(self.cfg.seed if rank == 0 else [self.cfg.seed, rank])
         torch.manual_seed(self.cfg.seed + rank)
         self.step = 0
-        self.history: list[dict[str, float]] = []
-        self.reporter = None  # a vlmq_core.report.Reporter, set by vlmq_core.run.train
+        self.history: list[dict[str, float]] = []  # the rows of fit's updates (a resumed run's earlier ones first)
         self._seen: tuple[int, torch.Tensor] | None = None  # (buffer version, mask) of the data's reply tokens
         self.tokens = TokenCache(policy)  # each prompt and reply tokenized once
         self.compile_mode = "none" if self.cfg.compile == "auto" else self.cfg.compile
@@ -188,9 +185,6 @@ class Trainer:
         self.frozen = None  # the frozen layers' output per turn (lora.layers)
         if policy.frozen_layers and self.cfg.layer_cache_gb > 0:
             self.frozen = FrozenCache(policy, self.tokens, int(self.cfg.layer_cache_gb * 2**30))
-        self.run_dir = Path(run_dir) if run_dir else None
-        if self.run_dir is not None and self.resume():
-            print(f"Resumed {self.run_dir} at update {self.step}/{self.cfg.steps}.")
 
     @property
     def whitening_active(self) -> bool:
@@ -293,8 +287,9 @@ class Trainer:
         policy.whiten.refresh([policy.critic, policy.target_critic], cfg.whiten_eps)
         return seen
 
-    def fit(self, progress: bool = True) -> list[dict[str, float]]:
-        """Train until ``cfg.steps`` updates (resuming where a checkpoint left off); returns the history."""
+    def fit(self, progress: bool = True, run: RunDir | None = None) -> list[dict[str, float]]:
+        """Train until ``cfg.steps`` updates (from ``self.step``: a resumed trainer continues); returns the history.
+        With `run`, each row goes to its metrics and a checkpoint every ``checkpoint_every`` updates and at the end."""
         if self.whitening_active and int(self.policy.whiten.refreshes) == 0 and self.step < self.cfg.steps:
             self.calibrate_critic_inputs(progress)
         bar = tqdm(
@@ -307,27 +302,17 @@ class Trainer:
             metrics = self.train_step()
             if self.callback is not None and self.callback_every and self.step % self.callback_every == 0:
                 metrics |= self.callback(self) or {}
-            self._record(metrics)
+            self.history.append(metrics)
+            if run is not None:
+                run.log(metrics, step=self.step)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", kept=f"{metrics.get('actor/kept_frac', 1):.2f}")
             every = self.cfg.checkpoint_every
-            if self.run_dir is not None and ((every and self.step % every == 0) or self.step == self.cfg.steps):
-                if distributed.is_main():
-                    self.save_checkpoint()
+            if run is not None and ((every and self.step % every == 0) or self.step == self.cfg.steps):
+                run.save_checkpoint(self.policy, {"trainer.pt": self.state_dict()})
                 distributed.barrier()
         bar.close()
         return self.history
-
-    def _record(self, metrics: dict[str, float]) -> None:
-        self.history.append(metrics)
-        if not distributed.is_main():
-            return
-        if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(config.json_text(metrics) + "\n")
-        if self.reporter is not None:
-            self.reporter.log(metrics, step=self.step)
 
     # ---- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -365,66 +350,3 @@ class Trainer:
         for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
         self.scheduler._last_lr = lrs
-
-    def save_checkpoint(self) -> Path:
-        """Write ``run_dir/checkpoint`` atomically: a complete new folder replaces the old one by renames."""
-        assert self.run_dir is not None
-        return write_checkpoint(self.run_dir, self.policy, {"trainer.pt": self.state_dict()})
-
-    def resume(self) -> bool:
-        """Load the newest complete checkpoint in ``run_dir`` if there is one; True when resumed."""
-        assert self.run_dir is not None
-        folder = find_checkpoint(self.run_dir)
-        if folder is None:
-            return False
-        self.policy.load(folder)
-        self.load_state_dict(torch.load(folder / "trainer.pt", map_location="cpu", weights_only=False))
-        self.history = load_history(self.run_dir, up_to=self.step)
-        distributed.barrier()  # every process has read the history before the main one rewrites it
-        if distributed.is_main():
-            rows = "".join(config.json_text(m) + "\n" for m in self.history)
-            config.write_text_atomic(self.run_dir / "metrics.jsonl", rows)
-        return True
-
-
-def write_checkpoint(run_dir: str | os.PathLike, policy: Policy, states: dict[str, dict]) -> Path:
-    """Write ``run_dir/checkpoint``: the policy's weights and each ``{file name: state}`` (``torch.save``), in a
-    complete new folder that replaces the old one by renames (a kill leaves ``checkpoint`` or
-    ``checkpoint.old`` whole, never half of one). The last name of `states` is written last: a folder holding it
-    is complete."""
-    run_dir = Path(run_dir)
-    final, tmp, old = (run_dir / n for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save(tmp)
-    for name, state in states.items():
-        torch.save(state, tmp / name)
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def find_checkpoint(run_dir: str | os.PathLike, marker: str = "trainer.pt") -> Path | None:
-    """The newest complete checkpoint folder of a run (``checkpoint``, else ``checkpoint.old`` left by a kill
-    between two renames), recognised by its `marker` file; None when there is none."""
-    run_dir = Path(run_dir)
-    return next((run_dir / n for n in ("checkpoint", "checkpoint.old") if (run_dir / n / marker).is_file()), None)
-
-
-def load_history(run_dir: str | os.PathLike, up_to: int | None = None, key: str = "step") -> list[dict[str, float]]:
-    """Read ``metrics.jsonl`` of a run (ignoring a torn last line); keep rows whose `key` (``step``: the update,
-    ``epoch`` in online runs) is ``<= up_to`` if given. A ``null`` (a metric undefined in its row) reads as NaN."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            m = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-        if up_to is None or m[key] <= up_to:
-            out.append({k: math.nan if v is None else v for k, v in m.items()})
-    return out

@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from vlmq_core import batch
+from vlmq_core import sweeps
 from vlmq_core.cli import main
 from vlmq_core.config import ConfigError
 
@@ -41,28 +41,28 @@ def toy_notebook(folder: Path, parameters: str = PARAMETERS) -> Path:
 
 
 def test_values_split_at_top_level_commas_and_read_as_yaml():
-    assert batch.split_values("0,1,2") == [0, 1, 2]
-    assert batch.split_values("sft, afsft") == ["sft", "afsft"]
-    assert batch.split_values("[a,b],[c]") == [["a", "b"], ["c"]]
-    assert batch.split_values("{k: [1,2]},'x,y'") == [{"k": [1, 2]}, "x,y"]
+    assert sweeps.split_values("0,1,2") == [0, 1, 2]
+    assert sweeps.split_values("sft, afsft") == ["sft", "afsft"]
+    assert sweeps.split_values("[a,b],[c]") == [["a", "b"], ["c"]]
+    assert sweeps.split_values("{k: [1,2]},'x,y'") == [{"k": [1, 2]}, "x,y"]
     for bad in ("[a,b", "a,,b", "'open"):
         with pytest.raises(ConfigError):
-            batch.split_values(bad)
+            sweeps.split_values(bad)
 
 
 def test_folder_names_are_readable_and_unique():
-    assert batch.folder_name({"train.seed": 0, "loss.advantage": "td"}) == "train.seed=0,loss.advantage=td"
-    assert batch.folder_name({}) == "default"
-    a, b = batch.folder_name({"k": "a b"}), batch.folder_name({"k": "a_b"})
+    assert sweeps.folder_name({"train.seed": 0, "loss.advantage": "td"}) == "train.seed=0,loss.advantage=td"
+    assert sweeps.folder_name({}) == "default"
+    a, b = sweeps.folder_name({"k": "a b"}), sweeps.folder_name({"k": "a_b"})
     assert a != b and a.startswith("k=a_b-")  # a replaced character brings the hash of the exact value
-    lists = batch.folder_name({"sections": ["numberline"]}), batch.folder_name({"sections": "numberline"})
+    lists = sweeps.folder_name({"sections": ["numberline"]}), sweeps.folder_name({"sections": "numberline"})
     assert lists[0].startswith("sections=numberline-") and lists[0] != lists[1]
-    assert len(batch.folder_name({"k": "v" * 500})) <= 120
+    assert len(sweeps.folder_name({"k": "v" * 500})) <= 120
 
 
 def test_grid_is_the_product_and_each_cell_writes_into_its_own_folder(tmp_path):
     nb = toy_notebook(tmp_path)
-    grid = batch.build_grid([nb], [("x", "1,2")], [("train.seed", "0,1,2")], out=tmp_path / "out", name="g")
+    grid = sweeps.build_grid([nb], [("x", "1,2")], [("train.seed", "0,1,2")], out=tmp_path / "out", name="g")
     assert grid.root == tmp_path / "out" / "g" and len(grid.cells) == 6
     cell = grid.cells[-1]
     assert cell.coords == {"x": 2, "train.seed": 2}
@@ -74,7 +74,7 @@ def test_grid_is_the_product_and_each_cell_writes_into_its_own_folder(tmp_path):
     }
     assert len({c.folder for c in grid.cells}) == 6 and all(c.state() == "pending" for c in grid.cells)
     # -p overrides and -o combine: the grid's keys come after the given list
-    both = batch.build_grid([nb], [("overrides", "[train.steps=3]")], [("train.seed", "1")], out=tmp_path)
+    both = sweeps.build_grid([nb], [("overrides", "[train.steps=3]")], [("train.seed", "1")], out=tmp_path)
     assert both.cells[0].params["overrides"] == ["train.steps=3", "train.seed=1"]
     assert both.name == "toy-overrides-train.seed"
 
@@ -90,27 +90,27 @@ def test_grid_is_the_product_and_each_cell_writes_into_its_own_folder(tmp_path):
 def test_bad_grids_are_one_sentence(tmp_path, params, overrides, message):
     nb = toy_notebook(tmp_path)
     with pytest.raises(ConfigError, match=message):
-        batch.build_grid([nb], params, overrides, out=tmp_path)
+        sweeps.build_grid([nb], params, overrides, out=tmp_path)
 
 
 def test_a_notebook_without_what_the_batch_needs_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="No notebook at"):
-        batch.build_grid([tmp_path / "missing.ipynb"], out=tmp_path)
+        sweeps.build_grid([tmp_path / "missing.ipynb"], out=tmp_path)
     nb = toy_notebook(tmp_path, "x = 1\nout_dir = ''\n")
     with pytest.raises(ConfigError, match="has no parameter metrics_path"):
-        batch.build_grid([nb], out=tmp_path)
+        sweeps.build_grid([nb], out=tmp_path)
     assert main(["batch", str(nb), "-p", "x", "1,2", "--list"]) == 2
 
 
 def test_jobs_follow_cores_and_memory():
-    assert batch.auto_jobs(8, 4.0, cores=2, free_gb=64) == 1  # two torch jobs on 2 cores only thrash
-    assert batch.auto_jobs(8, 4.0, cores=16, free_gb=64) == 8
-    assert batch.auto_jobs(8, 4.0, cores=16, free_gb=10) == 2  # memory-bound
-    assert batch.auto_jobs(3, 4.0, cores=16, free_gb=64) == 3
-    assert batch.auto_jobs(8, 4.0, cores=16, free_gb=1) == 1
+    assert sweeps.auto_jobs(8, 4.0, cores=2, free_gb=64) == 1  # two torch jobs on 2 cores only thrash
+    assert sweeps.auto_jobs(8, 4.0, cores=16, free_gb=64) == 8
+    assert sweeps.auto_jobs(8, 4.0, cores=16, free_gb=10) == 2  # memory-bound
+    assert sweeps.auto_jobs(3, 4.0, cores=16, free_gb=64) == 3
+    assert sweeps.auto_jobs(8, 4.0, cores=16, free_gb=1) == 1
 
 
-def fake_done(cell: batch.Cell, metrics: dict, wall: float = 10.0) -> None:
+def fake_done(cell: sweeps.Cell, metrics: dict, wall: float = 10.0) -> None:
     cell.folder.mkdir(parents=True)
     cell.metrics.write_text(json.dumps(metrics))
     (cell.folder / "done.json").write_text(json.dumps({"params": cell.params, "wall_s": wall, "peak_rss_mb": 100}))
@@ -118,7 +118,7 @@ def fake_done(cell: batch.Cell, metrics: dict, wall: float = 10.0) -> None:
 
 def test_summary_means_and_standard_errors_over_seeds(tmp_path):
     nb = toy_notebook(tmp_path)
-    grid = batch.build_grid([nb], [("x", "1,2")], [("train.seed", "0,1,2")], out=tmp_path / "out", name="g")
+    grid = sweeps.build_grid([nb], [("x", "1,2")], [("train.seed", "0,1,2")], out=tmp_path / "out", name="g")
     values = {}
     for cell in grid.cells[:5]:  # the last cell (x=2, seed 2) has not run
         s = 0.1 * cell.coords["x"] + 0.05 * cell.coords["train.seed"]
@@ -126,7 +126,7 @@ def test_summary_means_and_standard_errors_over_seeds(tmp_path):
         fake_done(
             cell, {"arm": {"success": s, "success_se": 0.2, "return": 1.0, "steps": 3}, "configs": {"success": 1}}
         )
-    summary = batch.summarize(grid.cells, batch.DEFAULT_METRICS)
+    summary = sweeps.summarize(grid.cells, sweeps.DEFAULT_METRICS)
     assert summary["metrics"] == ["arm.success", "arm.return"] and summary["seed_axes"] == ["train.seed"]
     assert len(summary["runs"]) == 5 and [p["run"] for p in summary["pending"]] == [grid.cells[5].label]
     g1, g2 = summary["groups"]
@@ -136,14 +136,14 @@ def test_summary_means_and_standard_errors_over_seeds(tmp_path):
         se = math.sqrt(sum((v - mean) ** 2 for v in xs) / (len(xs) - 1) / len(xs))
         assert g["metrics"]["arm.success"]["mean"] == pytest.approx(mean)
         assert g["metrics"]["arm.success"]["se"] == pytest.approx(se)  # across seeds, not the runs' own 0.2
-    md = batch.summary_markdown(summary)
+    md = sweeps.summary_markdown(summary)
     assert "mean ± SE over train.seed" in md and "| toy | 1 | 3 | 0.15 ± 0.0289 | 1 ± 0 |" in md
     assert "pending: toy/x=2,train.seed=2" in md
     # one seed per group: the run's own SE where its file has one
-    one = batch.summarize(grid.cells[:1] + grid.cells[3:4])
+    one = sweeps.summarize(grid.cells[:1] + grid.cells[3:4])
     assert one["groups"][0]["n"] == 1 and one["groups"][0]["metrics"]["arm.success"]["se"] == 0.2
     assert math.isnan(one["groups"][0]["metrics"]["arm.return"]["se"])  # no return_se in the file
-    fig = batch.summary_figure(summary)
+    fig = sweeps.summary_figure(summary)
     assert [t.y for t in fig.data][0] == pytest.approx((sum(values[1]) / 3, sum(values[2]) / 2)) and fig.data[
         0
     ].error_y.array == pytest.approx((g1["metrics"]["arm.success"]["se"], g2["metrics"]["arm.success"]["se"]))
@@ -228,15 +228,15 @@ def test_stopping_a_batch_leaves_no_kernel_behind_and_its_cells_run_again(tmp_pa
     while _ours(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _ours(tmp_path) == []
-    grid = batch.build_grid([path], [("x", "1,2")], out=tmp_path / "out")
+    grid = sweeps.build_grid([path], [("x", "1,2")], out=tmp_path / "out")
     assert [c.state() for c in grid.cells] == ["pending", "pending"]
 
 
 def test_columns_drop_the_prefix_every_metric_shares():
     keys = ["results.m (x).NumberLine.agent/text.success", "results.m (x).Blackjack.agent/text.valid"]
-    assert list(batch.short_names(keys).values()) == ["NumberLine.agent/text.success", "Blackjack.agent/text.valid"]
-    assert batch.short_names(["afsft.success", "sft.success"]) == {
+    assert list(sweeps.short_names(keys).values()) == ["NumberLine.agent/text.success", "Blackjack.agent/text.valid"]
+    assert sweeps.short_names(["afsft.success", "sft.success"]) == {
         "afsft.success": "afsft.success",
         "sft.success": "sft.success",
     }
-    assert batch.short_names(["a.b.success"]) == {"a.b.success": "success"}
+    assert sweeps.short_names(["a.b.success"]) == {"a.b.success": "success"}

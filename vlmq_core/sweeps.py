@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from vlmq_core import hardware
 from vlmq_core.config import ConfigError, json_text, write_text_atomic
 
 RESERVED = ("out_dir", "metrics_path")  # set by the batch for every cell (out_dir where the notebook has one)
@@ -234,23 +235,11 @@ def build_grid(
 # ---- running -------------------------------------------------------------------------------------------
 
 
-def available_memory_gb() -> float:
-    """MemAvailable from /proc/meminfo (free pages elsewhere), in GB."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
-
-
 def auto_jobs(pending: int, mem_per_job_gb: float, cores: int | None = None, free_gb: float | None = None) -> int:
     """Parallel cells: at most one per 2 cores (torch uses them all; two jobs on 2 cores only thrash), at most as
     many as free memory holds at `mem_per_job_gb` each, at least 1."""
     cores = cores or os.cpu_count() or 1
-    free_gb = available_memory_gb() if free_gb is None else free_gb
+    free_gb = hardware.available_memory_gb() if free_gb is None else free_gb
     return max(1, min(pending, cores // 2, int(free_gb // mem_per_job_gb)))
 
 
@@ -262,7 +251,7 @@ def _launch(cell: Cell, kernel: str, threads: int, cwd: Path) -> subprocess.Pope
     env = {"VLMQ_PLOTLY": "cdn"} | os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log = open(cell.folder / "log.txt", "w")  # noqa: SIM115 (closed when the process is reaped)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vlmq_core.batch", str(cell.folder)],
+        [sys.executable, "-m", "vlmq_core.sweeps", str(cell.folder)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -377,7 +366,7 @@ def _failure(cell: Cell) -> str:
 
 
 def run_cell(folder: Path) -> int:
-    """The worker behind each cell (``python -m vlmq_core.batch CELL_FOLDER``): papermill executes the notebook,
+    """The worker behind each cell (``python -m vlmq_core.sweeps CELL_FOLDER``): papermill executes the notebook,
     then done.json (parameters, wall time, the kernel's peak memory) or failed.json is written."""
     import resource
 

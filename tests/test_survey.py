@@ -1,4 +1,4 @@
-"""Dataset quality by source (vlmq_core.datasets), its figures and the sample browser, on hand-made buffers whose
+"""Dataset quality by source (vlmq_core.survey), its figures and the sample browser, on hand-made buffers whose
 every number is known."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import pytest
 
 from vlmq_core.buffer import TurnBuffer
 from vlmq_core.config import ConfigError
-from vlmq_core.datasets import (
+from vlmq_core.plots import dataset_quality, return_distributions
+from vlmq_core.survey import (
     quality_table,
     returns_by_source,
     source_quality,
     survey_config,
     task_limit,
 )
-from vlmq_core.plots import dataset_quality, return_distributions
 from vlmq_core.turns import Turn
 from vlmq_core.widgets import SampleBrowser, StaticHTML, browse_samples, static_samples
 
