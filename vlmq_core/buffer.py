@@ -62,7 +62,22 @@ SCHEMA = pa.schema(
 """One column per `Turn` field, in field order."""
 
 _SHARD_RE = re.compile(r"^shard-(\d+)-(\d+)\.parquet$")
-_FIX = "Fix: move or delete this shard; the other shards are intact."
+
+
+def _fix(path: Path) -> str:
+    """What to do about an unreadable shard, knowing how much of the folder it is (after compaction one shard can
+    hold a whole dataset)."""
+    others = sum(1 for p in path.parent.iterdir() if p != path and _SHARD_RE.match(p.name))
+    collect = "`vlmq collect` with the dataset's config (its .config.yaml) collects exactly the seeds missing"
+    if not others:
+        return (
+            "Fix: this shard is the whole dataset: restore it from a copy if there is one; else move it out of the "
+            f"folder and {collect}."
+        )
+    return (
+        f"Fix: move or delete this shard (the folder's {others} other shard(s) are intact); then {collect}, and an "
+        "online run's buffer continues without it."
+    )
 
 
 class BufferError(RuntimeError):
@@ -120,22 +135,22 @@ def _read_shard(path: Path) -> list[Turn]:
     except (pa.ArrowException, OSError) as e:
         raise BufferError(
             f"Buffer shard {path} is truncated or corrupt and cannot be read ({type(e).__name__}: {e}). "
-            f"It was probably cut off by a full disk or a copy that did not finish. {_FIX}"
+            f"It was probably cut off by a full disk or a copy that did not finish. {_fix(path)}"
         ) from e
     version = kv.get(SCHEMA_VERSION_KEY)
     if version != str(SCHEMA_VERSION).encode():
         found = "no schema version" if version is None else f"schema version {version.decode(errors='replace')}"
         raise BufferError(
             f"Buffer shard {path} has {found}, but this code reads schema version {SCHEMA_VERSION}. "
-            f"It was written by another version of vlmq or by another tool. {_FIX}"
+            f"It was written by another version of vlmq or by another tool. {_fix(path)}"
         )
     missing = [name for name in SCHEMA.names if name not in table.column_names]
     if missing:
-        raise BufferError(f"Buffer shard {path} lacks the columns {missing}. {_FIX}")
+        raise BufferError(f"Buffer shard {path} lacks the columns {missing}. {_fix(path)}")
     try:
         return _table_to_turns(table)
     except (TypeError, ValueError) as e:
-        raise BufferError(f"Buffer shard {path} has rows that are not valid turns ({e}). {_FIX}") from e
+        raise BufferError(f"Buffer shard {path} has rows that are not valid turns ({e}). {_fix(path)}") from e
 
 
 class TurnBuffer:
@@ -188,7 +203,7 @@ class TurnBuffer:
             if first <= end:
                 raise BufferError(
                     f"Buffer shard {shard} overlaps another shard's range (up to {end}); it was not written by "
-                    f"this buffer. {_FIX}"
+                    f"this buffer. {_fix(shard)}"
                 )
             turns = _read_shard(shard)
             self._shards.append((shard, len(turns)))

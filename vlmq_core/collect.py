@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from vlmq_core import distributed, hardware
 from vlmq_core.buffer import TurnBuffer
-from vlmq_core.config import ConfigError, check_fields
+from vlmq_core.config import ConfigError, check_fields, require
 from vlmq_core.envs import env_id, get_task, make_env, task_name
 from vlmq_core.envs.oracles import OracleConfig, oracle_reply
 from vlmq_core.envs.text_action import ACTION_TAG
@@ -67,8 +67,12 @@ class CollectConfig:
             raise ConfigError(
                 "collect.use_images and collect.observation_text are both false: the model would see no state."
             )
-        if self.num_envs < 1 or self.max_reply_tokens < 1 or self.temperature < 0:
-            raise ConfigError(f"collect.num_envs and max_reply_tokens must be >= 1, temperature >= 0: {self}.")
+        at_least_1 = (lambda v: v >= 1, ">= 1")
+        require(
+            self,
+            "collect.",
+            {"num_envs": at_least_1, "max_reply_tokens": at_least_1, "temperature": (lambda v: v >= 0, ">= 0")},
+        )
 
 
 @dataclass

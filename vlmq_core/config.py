@@ -168,6 +168,15 @@ def check_fields(obj: Any, prefix: str = "") -> None:
         object.__setattr__(obj, f.name, value)
 
 
+def require(obj: Any, prefix: str, rules: Mapping[str, tuple[Callable[[Any], bool], str]]) -> None:
+    """Refuse the first field of `obj` whose value breaks its rule, in one sentence that names the key, the rule
+    and the value given (``train.steps must be >= 0, not -5.``); `rules` maps field names to (test, rule text)."""
+    for name, (ok, rule) in rules.items():
+        value = getattr(obj, name)
+        if not ok(value):
+            raise ConfigError(f"{prefix}{name} must be {rule}, not {value!r}.")
+
+
 def _unknown(cls: type, key: str, prefix: str, full: str | None = None) -> ConfigError:
     """The error for `key` not being a field of `cls` (at `prefix`); `full` is the whole dotted key given."""
     names = [f.name for f in dataclasses.fields(cls)]
@@ -270,7 +279,10 @@ def load(
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"Config file {p} is not valid YAML ({e}).") from e
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"Config file {p} is not valid YAML{where}: {what}; fix that line.") from None
         if not isinstance(data, Mapping):
             raise ConfigError(f"Config file {p} must be a mapping of keys, not {type(data).__name__}.")
     if prepare is not None:

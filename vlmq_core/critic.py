@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlmq_core.config import ConfigError, check_fields
+from vlmq_core.config import check_fields, require
 
 
 @dataclass
@@ -47,8 +47,7 @@ class CriticConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "critic.")
-        if self.hidden < 1 or self.popart_init_nu <= 0:
-            raise ConfigError(f"critic.hidden must be >= 1 and critic.popart_init_nu > 0, got {self}.")
+        require(self, "critic.", {"hidden": (lambda v: v >= 1, ">= 1"), "popart_init_nu": (lambda v: v > 0, "> 0")})
 
 
 class CriticHead(nn.Module):

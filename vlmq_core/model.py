@@ -37,6 +37,9 @@ from vlmq_core.prefix import (
 EMBEDDED = "embedded"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded GGUF)"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The hub model the embedded GGUF was quantised from: a saved adapter names it as its base, so peft's
+``AutoPeftModelForCausalLM`` loads the adapter anywhere with a network (on the unquantised weights)."""
 
 
 class ModelLoadError(RuntimeError):
@@ -569,6 +572,10 @@ class Policy(nn.Module):
         with warnings.catch_warnings():  # a GGUF or local base has no hub config for peft to compare: harmless
             warnings.filterwarnings("ignore", message="Could not find a config file in", category=UserWarning)
             self.model.save_pretrained(folder / "adapter")
+        adapter_config = folder / "adapter" / "adapter_config.json"  # the base as the user named it, not a local path
+        meta = json.loads(adapter_config.read_text())
+        meta["base_model_name_or_path"] = EMBEDDED_HUB_ID if self.cfg.model.name == EMBEDDED else self.cfg.model.name
+        adapter_config.write_text(json.dumps(meta, indent=2))
         state = {f"critic.{k}": v for k, v in self.critic.state_dict().items()}
         state |= {f"target_critic.{k}": v for k, v in self.target_critic.state_dict().items()}
         state |= {f"popart.{k}": v for k, v in self.popart.state_dict().items()}

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from vlmq_core import config, distributed, hardware
 from vlmq_core.buffer import TurnBuffer
 from vlmq_core.collect import CollectConfig, EnvSlots, EvalConfig, evaluate
-from vlmq_core.config import ConfigError, check_fields
+from vlmq_core.config import ConfigError, check_fields, require
 from vlmq_core.envs.oracles import OracleConfig
 from vlmq_core.model import Policy
 from vlmq_core.rundir import RunDir
@@ -51,14 +51,15 @@ EXPLORATION_STRATEGIES = ("random", "min_format", "oracle")
 @dataclass
 class ExploreConfig:
     """Exploration prompting, decided per turn (METHOD.md "Data and exploration"): with probability epsilon a
-    turn uses an exploration strategy drawn by the weights below, else ``agent``."""
+    turn uses an exploration strategy drawn by the weights below, else ``agent``. The defaults are the paper's Gym
+    Cards schedule; BabyAI's is in :data:`vlmq_core.run.PRESETS`."""
 
     epsilon_start: float = 0.35
-    """Epsilon in the first collecting epoch (Gym Cards .35, BabyAI 1.0)."""
+    """Epsilon in the first collecting epoch."""
     epsilon_end: float = 0.05
-    """Epsilon after ``decay_epochs`` collecting epochs (Gym Cards .05, BabyAI .1)."""
+    """Epsilon after ``decay_epochs`` collecting epochs."""
     decay_epochs: int = 50
-    """Collecting epochs over which epsilon decays linearly (Gym Cards 50, BabyAI 300)."""
+    """Collecting epochs over which epsilon decays linearly."""
     random: float = 1.0
     """Weight of ``random``: a random valid action written as text."""
     min_format: float = 0.0
@@ -70,10 +71,9 @@ class ExploreConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "online.explore.")
-        if not (0 <= self.epsilon_start <= 1 and 0 <= self.epsilon_end <= 1 and 0 <= self.corrupt_rate <= 1):
-            raise ConfigError(f"online.explore: epsilons and corrupt_rate must be in [0, 1]: {self}.")
-        if self.decay_epochs < 0 or min(self.weights.values()) < 0:
-            raise ConfigError(f"online.explore: decay_epochs and the weights must be >= 0: {self}.")
+        unit, non_negative = (lambda v: 0 <= v <= 1, "in [0, 1]"), (lambda v: v >= 0, ">= 0")
+        rules = {"epsilon_start": unit, "epsilon_end": unit, "corrupt_rate": unit, "decay_epochs": non_negative}
+        require(self, "online.explore.", rules | dict.fromkeys(EXPLORATION_STRATEGIES, non_negative))
         if sum(self.weights.values()) <= 0 and max(self.epsilon_start, self.epsilon_end) > 0:
             raise ConfigError(
                 "online.explore: epsilon > 0 needs a positive weight on random, min_format or oracle "
@@ -103,16 +103,17 @@ class ExploreConfig:
 @dataclass
 class OnlineConfig:
     """The offline-to-online loop (``vlmq online``): epochs of collection, updates and evaluation (METHOD.md
-    Tables 2-3; the paper's schedules are the presets ``gym-cards-paper`` and ``babyai-paper``)."""
+    Tables 2-3). The defaults are the paper's Gym Cards schedule; what its schedules per task change from them is
+    the presets, :data:`vlmq_core.run.PRESETS` (``gym-cards-paper``, ``babyai-paper``)."""
 
     epochs: int = 75
-    """Epochs in all, the offline ones included (NumberLine 75, Blackjack 200, BabyAI 600)."""
+    """Epochs in all, the offline ones included."""
     offline_epochs: int = 0
-    """Epochs that only train, on the dataset, before the first collection (Gym Cards 50, BabyAI 0)."""
+    """Epochs that only train, on the dataset, before the first collection (the paper's "collect from epoch N")."""
     steps_per_env: int = 96
-    """Environment steps per environment per collecting epoch (Gym Cards 96, BabyAI 150)."""
+    """Environment steps per environment per collecting epoch."""
     updates_per_epoch: int = 512
-    """Optimizer updates per epoch (Tables 2-3: 512). ``train.steps`` is not used by online runs."""
+    """Optimizer updates per epoch. ``train.steps`` is not used by online runs."""
     use_dataset: bool = True
     """Start the buffer with the dataset's turns (``data.path``, built by ``vlmq collect``); false: start empty."""
     init_from: str | None = None
@@ -120,9 +121,9 @@ class OnlineConfig:
     LoRA and critic weights, update counter, optimizer moments and RNG states, with this run's learning rates.
     None: the model as loaded, with fresh heads."""
     buffer_turns: int | None = 50_000
-    """FIFO cap of the run's buffer in turns (Gym Cards 50k, BabyAI 100k); None: no cap."""
+    """FIFO cap of the run's buffer in turns; None: no cap."""
     min_buffer_turns: int = 0
-    """No update before the buffer holds this many turns (BabyAI 5k)."""
+    """No update before the buffer holds this many turns."""
     eval_every: int = 5
     """Evaluate (``eval.episodes`` on seeds from ``eval.seed``) every this many epochs, and after the last one and
     the last offline one; 0: only after the last."""
@@ -134,10 +135,13 @@ class OnlineConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "online.")
-        if self.epochs < 0 or not 0 <= self.offline_epochs <= self.epochs:
-            raise ConfigError(f"online.offline_epochs must be in [0, online.epochs]: {self}.")
-        if self.steps_per_env < 0 or self.updates_per_epoch < 0 or self.min_buffer_turns < 0 or self.eval_every < 0:
-            raise ConfigError(f"online: steps, updates, buffer sizes and eval_every must be >= 0: {self}.")
+        non_negative = (lambda v: v >= 0, ">= 0")
+        rules = dict.fromkeys(
+            ("epochs", "steps_per_env", "updates_per_epoch", "min_buffer_turns", "eval_every"), non_negative
+        )
+        rules["offline_epochs"] = (lambda v: 0 <= v <= self.epochs, f"in [0, online.epochs = {self.epochs}]")
+        rules["buffer_turns"] = (lambda v: v is None or v >= 1, ">= 1 (or null: no cap)")
+        require(self, "online.", rules)
         if self.offline_epochs and not self.use_dataset:
             raise ConfigError("online.offline_epochs > 0 trains on the dataset: set online.use_dataset=true.")
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from vlmq_core import config, distributed
 from vlmq_core.buffer import TurnBuffer
-from vlmq_core.config import ConfigError, check_fields
+from vlmq_core.config import ConfigError, check_fields, require
 from vlmq_core.critic import InputWhitening, PopArt, ema_update
 from vlmq_core.distributed import average_gradients, sum_over_processes
 from vlmq_core.frozen import FrozenCache
@@ -99,8 +99,10 @@ class TrainConfig:
         check_report_to(self.report_to)
         if self.layer_cache_gb < 0:
             raise ConfigError(f"train.layer_cache_gb must be >= 0 (0: no cache), not {self.layer_cache_gb}.")
-        if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError(f"train.steps must be >= 0, train.batch_size and train.grad_accum >= 1: {self}.")
+        at_least_1 = (lambda v: v >= 1, ">= 1")
+        require(
+            self, "train.", {"steps": (lambda v: v >= 0, ">= 0"), "batch_size": at_least_1, "grad_accum": at_least_1}
+        )
 
 
 def _make_optimizer(params: dict[str, list], cfg: TrainConfig) -> torch.optim.Optimizer:
