@@ -64,6 +64,11 @@ def test_refusals_come_in_one_sentence_before_any_model_and_leave_nothing(tmp_pa
         *train, "model.name=someone/no-such-model", f"run_dir={tmp_path / 'new'}"
     )
     assert time.perf_counter() - started < 5  # no hub retries
+    fresh = subprocess.run(  # and in a fresh process, where nothing has imported huggingface_hub's submodules yet
+        [sys.executable, "-m", "vlmq_core.cli", *train, "model.name=someone/no-such-model", "--quiet"],
+        cwd=ROOT, capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert fresh.returncode == 2 and "is not in the Hugging Face cache" in fresh.stderr, fresh.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  steps: 3\n lr: [1\n")
     before = files_under(tmp_path)

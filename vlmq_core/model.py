@@ -153,9 +153,10 @@ def check_model_name(cfg: ModelConfig) -> None:
         )
     import huggingface_hub as hub
     from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
 
     try:
-        hub.utils.validate_repo_id(name)
+        validate_repo_id(name)
     except HFValidationError:
         raise ModelLoadError(
             f"model.name {cfg.name!r} is neither a folder here nor a Hugging Face id (owner/name): pass an existing "
