@@ -26,8 +26,9 @@ def same(a: dict, b: dict) -> bool:
     )
 
 
-def run_notebook(name: str, folder: Path, **parameters) -> None:
-    """Execute ``notebooks/<name>.ipynb`` through papermill from the repository root into `folder`."""
+def run_notebook(name: str, folder: Path, **parameters) -> int:
+    """Execute ``notebooks/<name>.ipynb`` through papermill from the repository root into `folder`, check what a
+    viewer without JavaScript gets from it (:func:`check_static_views`) and return its number of figures."""
     papermill.execute_notebook(
         str(ROOT / "notebooks" / f"{name}.ipynb"),
         str(folder / f"{name}.ipynb"),
@@ -36,6 +37,42 @@ def run_notebook(name: str, folder: Path, **parameters) -> None:
         progress_bar=False,
         parameters=parameters,
     )
+    return check_static_views(folder / f"{name}.ipynb")
+
+
+PLOTLY = "application/vnd.plotly.v1+json"
+
+
+def check_static_views(path: Path) -> int:
+    """What a viewer without JavaScript gets from an executed notebook: every plotly output carries a PNG and no
+    plotly.js, no progress widget was saved (bars end as text), and nbconvert's HTML, opened in Chromium with
+    JavaScript off, shows one picture per figure. Returns the number of figures."""
+    nb = json.loads(path.read_text())
+    outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+    figures = [o["data"] for o in outputs if PLOTLY in o.get("data", {})]
+    assert all("image/png" in f for f in figures), "a plotly output without its picture"
+    assert not any("plotly.js" in "".join(o.get("data", {}).get("text/html", "")) for o in outputs)
+    assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    texts = [
+        "".join(o.get("data", {}).get("text/plain", "")) for o in outputs if o.get("output_type") == "display_data"
+    ]
+    assert not [t for t in texts if re.search(r"\b0%\|", t)], "a progress bar saved before it moved"
+    nbconvert = pytest.importorskip("nbconvert")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    html, _ = nbconvert.HTMLExporter().from_filename(str(path))
+    page_file = path.with_suffix(".html")
+    page_file.write_text(html)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_context(java_script_enabled=False).new_page()
+            page.goto(page_file.as_uri())
+            pictures = page.locator(".jp-RenderedImage img[src^='data:image/png']").count()
+        finally:
+            browser.close()
+    images = [o for o in outputs if "image/png" in o.get("data", {})]  # the figures' and any other picture output
+    assert pictures == len(images), (pictures, len(images))
+    return len(figures)
 
 
 def tiny_offline(model: str, steps: int) -> list[str]:
@@ -107,7 +144,7 @@ def test_03_offline_afsft_runs_and_its_numbers_come_from_its_runs(tmp_path, tiny
     state, or another loss config than the run's would all show here)."""
     metrics_path = tmp_path / "metrics.json"
     overrides = tiny_offline(tiny_folders["llama"], steps=3)
-    run_notebook(
+    figures = run_notebook(
         "03_offline_afsft",
         tmp_path,
         task=task,
@@ -142,6 +179,7 @@ def test_03_offline_afsft_runs_and_its_numbers_come_from_its_runs(tmp_path, tiny
     assert not any("Inspector" in "".join(w.get("text/plain", "")) for w in widgets)  # tqdm's bars are the others
     static = [o["data"]["text/html"] for o in outputs if "Token inspector, static" in str(o.get("data", {}))]
     assert len(static) == 1 and "kept " in "".join(static[0]) and "by critic Q" in "".join(static[0])
+    assert figures >= 3  # the evaluation bars, the learning curves, the token heatmap; each with its picture
 
 
 @pytest.mark.slow

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import math
+import os
 
 import plotly.graph_objects as go
 import pytest
@@ -156,21 +158,53 @@ def test_token_heatmap_dimensions_and_masked_marks():
     assert hm.zmid == 0.0
 
 
-def test_setup_figures_keeps_a_html_copy_of_every_figure(monkeypatch):
+def test_setup_figures_saves_plotly_json_and_a_png_and_no_plotly_js(monkeypatch, capsys):
+    """Each figure is one output with plotly's JSON (JupyterLab) and a PNG (every viewer without JavaScript),
+    never plotly.js; without a static renderer the notebook still runs and says why, once."""
+    import shutil
+
     import plotly.io as pio
 
-    from vlmq_core.plots import setup_figures
+    from vlmq_core import render
 
     before = pio.renderers.default
+    fig = go.Figure(go.Scatter(x=[1, 2], y=[2, 1]))
     try:
-        monkeypatch.delenv("VLMQ_PLOTLY", raising=False)
-        setup_figures()
-        assert pio.renderers.default == "plotly_mimetype+notebook"  # plotly.js embedded once: readable offline
-        monkeypatch.setenv("VLMQ_PLOTLY", "cdn")
-        setup_figures()
-        assert pio.renderers.default == "plotly_mimetype+notebook_connected"
+        on = render.setup_figures()
+        bundle = pio.renderers._build_mime_bundle(fig.to_dict())
+        assert "text/html" not in bundle and "application/vnd.plotly.v1+json" in bundle
+        if shutil.which("chromium") or os.environ.get("BROWSER_PATH"):  # the set-up installs Debian's Chromium
+            assert on and base64.b64decode(bundle["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+        monkeypatch.setattr(render, "_state", {})
+        monkeypatch.setattr(render, "_start_kaleido", lambda: "kaleido is not installed")
+        assert render.setup_figures() is False and render.setup_figures() is False
+        out = capsys.readouterr().out
+        assert out.count("Figures will carry no static picture: kaleido is not installed.") == 1
+        assert set(pio.renderers._build_mime_bundle(fig.to_dict())) == {"application/vnd.plotly.v1+json"}
     finally:
         pio.renderers.default = before
+
+
+def test_marks_label_the_first_subplot_only_and_single_points_show_as_markers():
+    history = [{"step": s, "train/loss": 1.0, "eval/success": 0.5 if s == 4 else math.nan} for s in range(1, 6)]
+    fig = learning_curves({"run": history}, ["train/loss", "eval/success"], marks={"filter on": 2})
+    texts = [a.text for a in fig.layout.annotations]
+    assert texts.count("filter on") == 1 and "new text" not in texts and None not in texts
+    (point,) = [t for t in fig.data if list(t.x) == [4]]
+    assert "markers" in point.mode  # one evaluation: a dot, not an invisible line
+
+
+def test_per_task_figures_wrap_after_four_tasks():
+    from vlmq_core.plots import dataset_quality, return_distributions
+
+    row = {"source": "random", "success": 0.5, "success_se": 0.1, "valid": 1.0, "episodes": 4, "return": 0.0}
+    tasks = [f"task-{i}" for i in range(8)]
+    fig = dataset_quality({t: [row] for t in tasks})
+    assert fig.layout.width <= 1100 and len(fig.data) == 16
+    assert [a.text for a in fig.layout.annotations if a.text] == tasks
+    assert len({(t.xaxis, t.yaxis) for t in fig.data}) == 16  # every task and row in a subplot of its own
+    fig = return_distributions({t: {"random": [0.0, 1.0]} for t in tasks})
+    assert fig.layout.width <= 1100 and len({t.xaxis for t in fig.data}) == 8
 
 
 def test_q_histogram_bins_each_group_into_shares():

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Self
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from vlmq_core import distributed, hardware
 from vlmq_core.buffer import TurnBuffer
@@ -28,6 +27,7 @@ from vlmq_core.config import ConfigError, check_fields, require
 from vlmq_core.envs import env_id, get_task, make_env, task_name
 from vlmq_core.envs.oracles import OracleConfig, oracle_reply
 from vlmq_core.envs.text_action import ACTION_TAG
+from vlmq_core.progress import bar as progress_bar
 from vlmq_core.turns import Turn, png_bytes
 
 if TYPE_CHECKING:  # collecting random or oracle data needs no torch
@@ -340,7 +340,7 @@ def collect(
         torch.manual_seed(seeds[0])
     queue, results = list(seeds), []
     ocfg = OracleConfig(source.corrupt_rate, source.thought)
-    bar = tqdm(
+    bar = progress_bar(
         total=len(seeds),
         desc=f"{label} {cfg.task}/{source.strategy}",
         unit="episode",

@@ -339,3 +339,10 @@ def differences(a: Any, b: Any) -> dict[str, tuple[Any, Any]]:
 
     fa, fb = flat(to_dict(a)), flat(to_dict(b))
     return {k: (fa.get(k), fb.get(k)) for k in sorted(fa.keys() | fb.keys()) if fa.get(k) != fb.get(k)}
+
+
+def dumps_changes(cfg: Any) -> str:
+    """The keys of `cfg` whose values differ from its class's defaults, one ``key: value`` YAML line each (a list
+    whole): what a run chose, without the defaults' hundred lines."""
+    changed = {key: now for key, (_, now) in differences(type(cfg)(), cfg).items()}
+    return yaml.safe_dump(changed, sort_keys=False, allow_unicode=True, width=200) if changed else "(all defaults)\n"

@@ -22,7 +22,7 @@ from vlmq_core.collect import EvalConfig, SourceConfig, collect, evaluate, sourc
 from vlmq_core.config import ConfigError
 from vlmq_core.model import PolicyConfig, load_checkpoint, load_policy
 from vlmq_core.online import OFFLINE_CHECKPOINT
-from vlmq_core.plots import setup_figures
+from vlmq_core.render import setup_figures
 from vlmq_core.run import RunConfig, collect_data, load_config, online, train
 from vlmq_core.rundir import checkpoint_step, find_checkpoint, write_json
 from vlmq_core.trainer import Trainer
@@ -30,11 +30,18 @@ from vlmq_core.trainer import Trainer
 
 def setup_notebook() -> str:
     """The start of every notebook: paths relative to the repository root (a notebook opened in ``notebooks/``
-    moves there), figures readable without a kernel (:func:`vlmq_core.plots.setup_figures`), and the hardware
-    described (printed, and returned for the metrics file)."""
+    moves there), every figure saved with a picture that shows without JavaScript
+    (:func:`vlmq_core.render.setup_figures`), the libraries' own progress widgets off (they would stay in the saved
+    notebook at 0%; vlmq's bars end as one line of text, :mod:`vlmq_core.progress`), and the hardware described
+    (printed, and returned for the metrics file)."""
     if Path.cwd().name == "notebooks" and (Path.cwd().parent / "vlmq_core").is_dir():
         os.chdir("..")
     setup_figures()
+    import huggingface_hub
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
     described = hardware.describe()
     print(described)
     return described

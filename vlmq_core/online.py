@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from vlmq_core import config, distributed, hardware
 from vlmq_core.buffer import TurnBuffer
@@ -40,6 +39,7 @@ from vlmq_core.collect import CollectConfig, EnvSlots, EvalConfig, evaluate
 from vlmq_core.config import ConfigError, check_fields, require
 from vlmq_core.envs.oracles import OracleConfig
 from vlmq_core.model import Policy
+from vlmq_core.progress import bar as progress_bar
 from vlmq_core.rundir import RunDir
 from vlmq_core.trainer import Trainer
 from vlmq_core.turns import Turn
@@ -247,7 +247,9 @@ def online_loop(
     explore = online.explore
     oracle_cfg = OracleConfig(explore.corrupt_rate)
     last_eval = next((r for r in reversed(history) if "eval/success" in r), None)
-    bar = tqdm(total=online.epochs, initial=state.epoch, desc=f"online {collect.task}", disable=not (progress and main))
+    bar = progress_bar(
+        total=online.epochs, initial=state.epoch, desc=f"online {collect.task}", disable=not (progress and main)
+    )
     envs = EnvSlots(collect, collect.num_envs, policy) if online.epochs > online.offline_epochs else None
     try:
         if envs is not None:

@@ -21,17 +21,12 @@ if TYPE_CHECKING:
     from vlmq_core.inspector import TokenView
 
 
-def setup_figures() -> None:
-    """Make the notebook's plotly figures readable anywhere: each figure is saved both as plotly's JSON (which
-    JupyterLab renders) and as HTML for nbconvert and static viewers, with plotly.js embedded once (about 4.8 MB,
-    readable offline). ``VLMQ_PLOTLY=cdn`` loads plotly.js from its CDN instead (a few KB; ``vlmq batch`` sets it,
-    so a grid of runs does not store one copy per run). :func:`vlmq_core.experiments.setup_notebook` calls this."""
-    import os
+SPARSE_POINTS = 30
+"""A series with at most this many points is drawn with markers too (an online run's few evaluations; a single
+point drawn as a line alone is invisible)."""
 
-    import plotly.io as pio
-
-    cdn = os.environ.get("VLMQ_PLOTLY", "embed") == "cdn"
-    pio.renderers.default = "plotly_mimetype+" + ("notebook_connected" if cdn else "notebook")
+TASKS_PER_ROW = 4
+"""Per-task figures wrap after this many tasks, so eight tasks fit a notebook's width in two rows."""
 
 
 #: Metrics ``learning_curves`` shows by default (those present in at least one run).
@@ -137,7 +132,7 @@ def learning_curves(
                 go.Scatter(
                     x=xs,
                     y=moving_average(ys, smooth),
-                    mode="lines",
+                    mode="lines+markers" if len(xs) <= SPARSE_POINTS else "lines",  # one evaluation is a dot
                     name=run,
                     legendgroup=run,
                     showlegend=run not in shown,
@@ -151,9 +146,9 @@ def learning_curves(
     for i in range(len(keys)):
         fig.update_xaxes(title_text=x, row=i // cols + 1, col=i % cols + 1)
         for label, at in (marks or {}).items():
+            label_once = {"annotation_text": label} if i == 0 else {}  # (None would draw plotly's "new text")
             fig.add_vline(
-                x=at, line_dash="dot", line_color="grey", annotation_text=label if i == 0 else None,
-                row=i // cols + 1, col=i % cols + 1,
+                x=at, line_dash="dot", line_color="grey", row=i // cols + 1, col=i % cols + 1, **label_once
             )  # fmt: skip
     title = title + (f" (moving average {smooth})" if smooth > 1 else "")
     fig.update_layout(title=title, height=280 * rows + 80, template="plotly_white")
@@ -336,8 +331,16 @@ def dataset_quality(tables: dict[str, list[dict]], limits: dict[str, float | Non
     (bottom), from :func:`vlmq_core.survey.source_quality` rows; a dashed line marks the task's limit (the best
     success any policy reaches) where `limits` has one. The ``all`` row is the dataset as a whole."""
     tasks = list(tables)
-    fig = make_subplots(rows=2, cols=max(1, len(tasks)), shared_yaxes=True, subplot_titles=tasks, vertical_spacing=0.12)
-    for c, task in enumerate(tasks, start=1):
+    cols, blocks = min(max(1, len(tasks)), TASKS_PER_ROW), max(1, math.ceil(len(tasks) / TASKS_PER_ROW))
+    titles = []
+    for b in range(blocks):  # a block is a success row (titled) over a valid row, TASKS_PER_ROW tasks wide
+        names = tasks[b * cols : (b + 1) * cols]
+        titles += names + [""] * (cols - len(names)) + [""] * cols
+    fig = make_subplots(
+        rows=2 * blocks, cols=cols, shared_yaxes=True, subplot_titles=titles, vertical_spacing=0.12 / blocks
+    )
+    for i, task in enumerate(tasks):
+        top, c = 2 * (i // cols) + 1, i % cols + 1
         rows = tables[task]
         names = [_source_label(r["source"]) for r in rows]
         colours = ["#7f7f7f" if n == "all" else RUN_COLORS[i % len(RUN_COLORS)] for i, n in enumerate(names)]
@@ -352,7 +355,7 @@ def dataset_quality(tables: dict[str, list[dict]], limits: dict[str, float | Non
                 "%{customdata[1]:.2f}<extra></extra>",
                 showlegend=False,
             ),
-            row=1,
+            row=top,
             col=c,
         )
         fig.add_trace(
@@ -365,20 +368,21 @@ def dataset_quality(tables: dict[str, list[dict]], limits: dict[str, float | Non
                 hovertemplate="%{customdata}<br>valid replies %{y:.1%}<extra></extra>",
                 showlegend=False,
             ),
-            row=2,
+            row=top + 1,
             col=c,
         )
         limit = (limits or {}).get(task)
         if limit is not None:
             fig.add_hline(
-                y=limit, line_dash="dash", line_color="black", row=1, col=c, annotation_text=f"limit {limit:.1%}"
+                y=limit, line_dash="dash", line_color="black", row=top, col=c, annotation_text=f"limit {limit:.1%}"
             )
     fig.update_yaxes(tickformat=".0%", range=[0, 1.1])
-    fig.update_xaxes(showticklabels=False, row=1)  # the bottom row names the sources
-    fig.update_yaxes(title_text="success", row=1, col=1)
-    fig.update_yaxes(title_text="valid replies", row=2, col=1)
+    for b in range(blocks):
+        fig.update_xaxes(showticklabels=False, row=2 * b + 1)  # the valid row below names the sources
+        fig.update_yaxes(title_text="success", row=2 * b + 1, col=1)
+        fig.update_yaxes(title_text="valid replies", row=2 * b + 2, col=1)
     fig.update_layout(
-        title="Dataset quality by source", template="plotly_white", height=620, width=max(700, 260 * len(tasks))
+        title="Dataset quality by source", template="plotly_white", height=80 + 540 * blocks, width=max(700, 260 * cols)
     )
     return fig
 
@@ -387,8 +391,10 @@ def return_distributions(returns: dict[str, dict[str, list[float]]]) -> go.Figur
     """Per task (columns), a box of episode returns per source (every episode a point), from
     :func:`vlmq_core.survey.returns_by_source`."""
     tasks = list(returns)
-    fig = make_subplots(rows=1, cols=max(1, len(tasks)), subplot_titles=tasks)
-    for c, task in enumerate(tasks, start=1):
+    cols, rows = min(max(1, len(tasks)), TASKS_PER_ROW), max(1, math.ceil(len(tasks) / TASKS_PER_ROW))
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=tasks)
+    for t, task in enumerate(tasks):
+        r, c = t // cols + 1, t % cols + 1
         for i, (source, values) in enumerate(returns[task].items()):
             fig.add_trace(
                 go.Box(
@@ -400,11 +406,12 @@ def return_distributions(returns: dict[str, dict[str, list[float]]]) -> go.Figur
                     marker={"size": 3, "color": RUN_COLORS[i % len(RUN_COLORS)]},
                     showlegend=False,
                 ),
-                row=1,
+                row=r,
                 col=c,
             )
-    fig.update_yaxes(title_text="episode return", row=1, col=1)
+    for r in range(1, rows + 1):
+        fig.update_yaxes(title_text="episode return", row=r, col=1)
     fig.update_layout(
-        title="Episode returns by source", template="plotly_white", height=420, width=max(700, 260 * len(tasks))
+        title="Episode returns by source", template="plotly_white", height=60 + 360 * rows, width=max(700, 260 * cols)
     )
     return fig

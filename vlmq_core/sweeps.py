@@ -10,8 +10,8 @@ the grid gets its own folder ``<out>/<name>/<notebook>/<coordinates>/`` holding 
 has one), a
 ``log.txt`` of the kernel's output, and ``done.json`` (parameters, wall time, peak memory) once it succeeded
 (``failed.json`` otherwise). The same command again skips finished cells, so a killed batch resumes and a grid
-grows by adding values. Executed notebooks load plotly.js from its CDN (``VLMQ_PLOTLY=embed`` embeds it, 4.8 MB
-per notebook). Cells run in parallel where the cores and free memory allow (``--jobs``); each job gets
+grows by adding values. Executed notebooks hold each figure as plotly JSON and a PNG, no plotly.js
+(:mod:`vlmq_core.render`). Cells run in parallel where the cores and free memory allow (``--jobs``); each job gets
 an equal share of the cores. ``summary.md``, ``summary.json`` and ``summary.html`` (a plotly figure) collect the
 metrics across runs: one row per cell, and the mean and standard error over seeds (coordinates whose name has
 ``seed`` in it) when the grid has any.
@@ -248,7 +248,7 @@ def _launch(cell: Cell, kernel: str, threads: int, cwd: Path) -> subprocess.Pope
     (cell.folder / "failed.json").unlink(missing_ok=True)
     spec = {"notebook": str(cell.notebook), "output": str(cell.output), "params": cell.params}
     write_text_atomic(cell.folder / "cell.json", json_text(spec | {"kernel": kernel, "cwd": str(cwd)}, indent=1))
-    env = {"VLMQ_PLOTLY": "cdn"} | os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log = open(cell.folder / "log.txt", "w")  # noqa: SIM115 (closed when the process is reaped)
     proc = subprocess.Popen(
         [sys.executable, "-m", "vlmq_core.sweeps", str(cell.folder)],

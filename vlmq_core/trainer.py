@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from vlmq_core import config, distributed
 from vlmq_core.buffer import TurnBuffer
@@ -30,6 +29,7 @@ from vlmq_core.frozen import FrozenCache
 from vlmq_core.losses import LossConfig, beta_schedule
 from vlmq_core.model import Policy, decoder_pass
 from vlmq_core.objective import Targets, loss_from_heads, reply_heads, reply_hidden, td_targets
+from vlmq_core.progress import bar as progress_bar
 from vlmq_core.report import check_report_to
 from vlmq_core.tokens import TokenBatch, TokenCache, build_batch, seen_tokens
 from vlmq_core.turns import Transition
@@ -275,7 +275,7 @@ class Trainer:
         was_training = policy.model.training
         policy.model.eval()
         seen, left = 0, cfg.whiten_calib_turns
-        bar = tqdm(total=left, desc="critic input statistics", disable=not progress)
+        bar = progress_bar(total=left, desc="critic input statistics", disable=not progress)
         try:
             while left > 0:
                 n = min(cfg.batch_size, left)
@@ -294,7 +294,7 @@ class Trainer:
         With `run`, each row goes to its metrics and a checkpoint every ``checkpoint_every`` updates and at the end."""
         if self.whitening_active and int(self.policy.whiten.refreshes) == 0 and self.step < self.cfg.steps:
             self.calibrate_critic_inputs(progress)
-        bar = tqdm(
+        bar = progress_bar(
             total=self.cfg.steps,
             initial=self.step,
             desc=f"train {self.loss_cfg.actor}",

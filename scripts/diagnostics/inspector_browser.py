@@ -15,7 +15,6 @@ About 3 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import socket
@@ -193,7 +192,6 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="vlmq-inspector-"))
     try:
         nbformat.write(notebook(args.run, args.turns), folder / "inspector.ipynb")
-        os.environ.setdefault("VLMQ_PLOTLY", "cdn")
         lab(folder, out)
         static(folder, out)
     finally:
