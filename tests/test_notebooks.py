@@ -53,6 +53,7 @@ def check_static_views(path: Path) -> int:
     assert all("image/png" in f for f in figures), "a plotly output without its picture"
     assert not any("plotly.js" in "".join(o.get("data", {}).get("text/html", "")) for o in outputs)
     assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert "widgets" not in nb["metadata"]  # no widget state saved for a viewer to restore (or JupyterLab to redo)
     texts = [
         "".join(o.get("data", {}).get("text/plain", "")) for o in outputs if o.get("output_type") == "display_data"
     ]
