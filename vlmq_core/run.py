@@ -11,6 +11,7 @@ checked first, before anything is loaded or created; running the same config aga
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -127,11 +128,14 @@ DATASET_CONFIG = ".config.yaml"
 
 
 def check_dataset(cfg: RunConfig, must_exist: bool = False) -> None:
-    """Refuse, in one sentence, a ``data.path`` that is a file or cannot be made, or (with `must_exist`) holds no
-    dataset yet. Creates nothing."""
+    """Refuse, in one sentence, a ``data.path`` that is a file, or (with `must_exist`, for a run that only reads it)
+    holds no dataset yet, or (without, for collection) cannot be made or written. Creates nothing."""
     path = Path(cfg.data.path)
-    check_writable_folder(path, "data.path")
-    if must_exist and not any(path.glob("shard-*.parquet")):
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"data.path {path} is a file, not a folder: give the dataset's folder.")
+    if not must_exist:
+        check_writable_folder(path, "data.path")
+    elif not any(path.glob("shard-*.parquet")):
         raise ConfigError(
             f"The dataset {path} is empty or missing: build it with `vlmq collect --config <this config>` "
             "(or point data.path at an existing dataset)."
@@ -143,7 +147,8 @@ def open_dataset(cfg: RunConfig, must_exist: bool = False) -> TurnBuffer:
     check_dataset(cfg, must_exist)
     path = Path(cfg.data.path)
     if (path / "config.yaml").is_file() and not (path / DATASET_CONFIG).exists():  # written so before 2026-12
-        os.replace(path / "config.yaml", path / DATASET_CONFIG)
+        with contextlib.suppress(OSError):  # a read-only dataset keeps the old name; reading it still works
+            os.replace(path / "config.yaml", path / DATASET_CONFIG)
     return TurnBuffer(path, max_turns=cfg.data.max_turns)
 
 
