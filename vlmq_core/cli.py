@@ -31,7 +31,7 @@ from vlmq_core.collect import EvalConfig, ResumeError, evaluate
 from vlmq_core.config import ConfigError
 from vlmq_core.model import ModelLoadError, PolicyConfig, check_model_name, load_checkpoint, load_policy
 from vlmq_core.run import RunConfig, collect_data, load_config, online, train
-from vlmq_core.rundir import RunDir, find_checkpoint, write_json
+from vlmq_core.rundir import RunDir, checkpoint_step, find_checkpoint, write_json
 
 EPILOG_WIDTH = 118
 
@@ -270,7 +270,7 @@ def _interrupted(args, argv: list[str] | None) -> str:
         epoch = torch.load(folder / "online.pt", map_location="cpu", weights_only=False)["ranks"][0]["online"]["epoch"]
         where, again = f"after epoch {epoch}", f"vlmq online --resume {shlex.quote(str(run_dir))}"
     else:
-        where = f"at update {torch.load(folder / 'trainer.pt', map_location='cpu', weights_only=False)['step']}"
+        where = f"at update {checkpoint_step(folder)}"
     return f"stopped; {RunDir(run_dir).path} holds its checkpoint {where}: `{again}` continues from there."
 
 
