@@ -375,3 +375,33 @@ def test_06_miniwob_runs_in_real_browsers_and_its_tables_come_from_its_runs(tmp_
     table = task_table({t: m["data"][t][-1] for t in tasks}, results)
     mean = sum(m["results"]["afsft"][t]["success"] for t in tasks) / len(tasks)
     assert table.splitlines()[-1].split(" | ")[-2] == f"{mean:.0%}"
+
+
+@pytest.mark.slow
+def test_loading_the_embedded_model_in_a_notebook_leaves_a_finished_line_not_a_widget(tmp_path):
+    """transformers' GGUF conversion bar is tqdm.auto, a widget that an executed copy keeps at ``0% 0/272`` (the
+    committed notebooks had one per model load); vlmq's load swaps in its own bar, which ends as one line."""
+    import nbformat
+
+    cell = (
+        "from vlmq_core.experiments import setup_notebook\n"
+        "from vlmq_core.model import ModelConfig, load_backbone\n"
+        "setup_notebook()\n"
+        "model = load_backbone(ModelConfig(name='embedded', dtype='float32', device='cpu'))[0]"
+    )
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "load.ipynb")
+    papermill.execute_notebook(
+        str(tmp_path / "load.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        cwd=str(ROOT),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    outputs = json.loads((tmp_path / "out.ipynb").read_text())["cells"][0]["outputs"]
+    assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    lines = ["".join(o.get("data", {}).get("text/plain", "")) for o in outputs if o["output_type"] == "display_data"]
+    assert any(re.fullmatch(r"Converting and de-quantizing GGUF tensors\.\.\.: 272/272 in \S+", t) for t in lines), (
+        lines
+    )

@@ -33,6 +33,7 @@ from vlmq_core.prefix import (
     hidden_with_shared_prefix,
     shared_prefix_len,
 )
+from vlmq_core.progress import bar as progress_bar
 
 EMBEDDED = "embedded"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -244,7 +245,8 @@ def load_backbone(cfg: ModelConfig) -> tuple[nn.Module, object, bool]:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF)
         if kwargs["quantization_config"] is None:
             kwargs.update(_dense_gguf())
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_GGUF, **kwargs)
+        with gguf_progress():
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_GGUF, **kwargs)
         return _place(model, cfg, device), tok, False
 
     name = os.path.expanduser(cfg.name)
@@ -273,6 +275,21 @@ def load_backbone(cfg: ModelConfig) -> tuple[nn.Module, object, bool]:
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"Found a config for {cfg.name!r} but could not load its weights or processor: {e}") from e
     return _place(model, cfg, device), processor, is_vlm
+
+
+@contextmanager
+def gguf_progress():
+    """transformers draws its GGUF conversion bar with ``tqdm.auto``: in a notebook a widget, which the saved copy
+    keeps at ``0% 0/272``. Inside this block it is vlmq's bar instead (:func:`vlmq_core.progress.bar`: a terminal
+    bar, or in a notebook one line of text that ends ``...: 272/272 in 00:04``)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    before = gguf_utils.tqdm
+    gguf_utils.tqdm = progress_bar
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = before
 
 
 def _dense_gguf() -> dict:
