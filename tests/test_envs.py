@@ -325,3 +325,12 @@ def test_every_task_registered_and_buildable():
         obs, _ = env.reset()
         assert set(obs) == {"text", "image", "prompt"} and obs["text"] in obs["prompt"]
         assert spec.oracle is not None, f"{spec.name} has no oracle"
+
+
+def test_an_image_only_prompt_keeps_what_the_picture_cannot_show():
+    obs, _ = make_env("BabyAI-GoToLocal", show_text=False).reset(seed=1)
+    mission = obs["text"].splitlines()[0]
+    assert obs["prompt"].endswith(f"Observation: {mission}\nThe rest is shown in the image.")
+    assert "You see" not in obs["prompt"]
+    obs, _ = make_env("NumberLine", show_text=False).reset(seed=1)
+    assert obs["prompt"].endswith("Observation: shown in the image.") and "Target" not in obs["prompt"]

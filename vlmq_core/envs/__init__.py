@@ -98,6 +98,7 @@ def make_env(
         reason_fn=spec.invalid_reason,
         random_fn=spec.random_action,
         show_text=show_text,
+        unseen_fn=spec.unseen,
     )
 
 

@@ -319,6 +319,11 @@ def babyai_oracle(env: gymnasium.Env) -> OracleAction:
     return inner.bot_decision()
 
 
+def mission_line(summary: str) -> str:
+    """The ``Mission: ...`` line of a BabyAI summary: what an image-only prompt still says in words."""
+    return next((line for line in summary.splitlines() if line.startswith("Mission:")), "")
+
+
 TASKS = {
     f"BabyAI-{level}": TaskSpec(
         name=f"BabyAI-{level}",
@@ -326,6 +331,7 @@ TASKS = {
         text_config=dataclasses.replace(BABYAI_TEXT_CONFIG),
         parser=parse_babyai_action,
         invalid_reason=babyai_invalid_reason,
+        unseen=mission_line,
         oracle=babyai_oracle,
     )
     for level in BABYAI_LEVELS

@@ -59,6 +59,9 @@ class TaskSpec:
     memory_gb: float = 0.0
     """Resident memory one env of this task needs beyond the process (a web task's two browsers); collection runs
     at most as many envs at once as free memory holds (0: no cap)."""
+    unseen: Callable[[str], str] | None = None
+    """``unseen(summary) -> the part of the state summary the render does not show``, which an image-only prompt
+    keeps (BabyAI: the mission, an instruction rather than something in view). None: the render shows it all."""
     oracle: Oracle | None = None
     """A strong policy standing in for "a more capable model" (None if the task has none)."""
     random_action: Callable[[gymnasium.Env, Any], str] | None = None

@@ -165,6 +165,7 @@ class TextActionEnv(gymnasium.Wrapper):
         reason_fn: Callable[[str, Sequence[str]], str] = invalid_reason,
         random_fn: Callable[[gymnasium.Env, np.random.Generator], str] | None = None,
         show_text: bool = True,
+        unseen_fn: Callable[[str], str] | None = None,
     ):
         """Wrap `env`; `text_fn(env)` returns the current state summary text (the observation o_t).
 
@@ -173,6 +174,7 @@ class TextActionEnv(gymnasium.Wrapper):
         prompt; `random_fn(env, rng)` writes a random valid action for states whose actions vary (web pages). With
         `show_text` false the prompt withholds the summary (:data:`IMAGE_ONLY`): a VLM sees the state in the
         image alone (the paper's image-only prompting, Figures 4 and 8); ``obs["text"]`` still holds it.
+        `unseen_fn(summary)` gives what the image cannot show (a mission), which the image-only prompt keeps.
         """
         super().__init__(env)
         self.parser = parser
@@ -182,6 +184,7 @@ class TextActionEnv(gymnasium.Wrapper):
         self.config = config if config is not None else TextActionConfig()
         self.text_fn = text_fn
         self.show_text = show_text
+        self.unseen_fn = unseen_fn
         self._steps = 0
         self._invalid_streak = 0
         self._frame: np.ndarray | None = None
@@ -266,5 +269,9 @@ class TextActionEnv(gymnasium.Wrapper):
         """The observation dict for the current inner state, with `error` shown in the prompt."""
         text = self.text_fn(self.env)
         image = Image.fromarray(np.asarray(self._frame, dtype=np.uint8)).convert("RGB")
-        shown = text if self.show_text else IMAGE_ONLY
+        if self.show_text:
+            shown = text
+        else:
+            unseen = self.unseen_fn(text) if self.unseen_fn is not None else ""
+            shown = f"{unseen}\nThe rest is {IMAGE_ONLY}" if unseen else IMAGE_ONLY
         return {"text": text, "image": image, "prompt": format_prompt(self.prompt, shown, error)}
