@@ -7,11 +7,12 @@
 #   bash scripts/main.sh                 # every notebook, in order
 #   bash scripts/main.sh 03 04           # only these (by number)
 #   bash scripts/main.sh 06              # MiniWoB++ in Debian's Chromium (not in the default job: about 80 min on 2 cores)
+#   bash scripts/main.sh 00              # rebuild the embedded VLM's eyes (its weights ship, so the main job never does)
 #   bash scripts/main.sh 03 -y "overrides: [train.steps=400]"   # later arguments go to papermill for each notebook
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 all=(01_base_model_prompting 02_dataset_building 03_offline_afsft 04_offline_to_online 05_maxq_ablation)
-extra=(06_miniwob)  # run only when named
+extra=(00_embedded_vlm 06_miniwob)  # run only when named
 chosen=()
 while [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]{2}$ ]]; do
   match=""

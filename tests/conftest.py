@@ -10,7 +10,7 @@ import torch
 
 from vlmq_core.envs import make_env
 from vlmq_core.model import ModelConfig, Policy, PolicyConfig, load_policy
-from vlmq_core.tiny import save_tiny, tiny_idefics3, tiny_llama, tiny_llava
+from vlmq_core.tiny import save_tiny, tiny_embedded_vlm, tiny_idefics3, tiny_llama, tiny_llava
 from vlmq_core.turns import Turn, png_bytes
 
 # Tiny models run fastest on one thread; on a shared/oversubscribed CPU, OpenMP threads can be ~100x slower.
@@ -23,7 +23,7 @@ episodes never end by reaching it (the last turn is marked done by :func:`episod
 
 def make_policy(family: str, seed: int = 0, cfg: PolicyConfig | None = None) -> Policy:
     """A fresh Policy (LoRA + critic) on a fresh tiny model: ``llama``, ``idefics3``, ``idefics3-split``
-    (image splitting on) or ``llava``."""
+    (image splitting on), ``llava`` or ``vlmqvision`` (a tiny ``embedded-vlm``: tiny_llama behind vlmq's tower)."""
     if family == "llama":
         model, tok = tiny_llama(seed)
         return Policy(model, tok, False, cfg or PolicyConfig(), name="tiny-llama")
@@ -33,6 +33,9 @@ def make_policy(family: str, seed: int = 0, cfg: PolicyConfig | None = None) -> 
     if family == "llava":
         model, proc = tiny_llava(seed)
         return Policy(model, proc, True, cfg or PolicyConfig(), name="tiny-llava")
+    if family == "vlmqvision":
+        model, proc = tiny_embedded_vlm(seed)
+        return Policy(model, proc, True, cfg or PolicyConfig(), name="tiny-vlmqvision")
     raise ValueError(family)
 
 
@@ -99,6 +102,7 @@ def _shared_policy(family: str):
 llama_policy = _shared_policy("llama")
 idefics3_policy = _shared_policy("idefics3")
 llava_policy = _shared_policy("llava")
+vlmqvision_policy = _shared_policy("vlmqvision")
 
 
 @pytest.fixture(scope="session")
@@ -142,4 +146,5 @@ def tiny_folders(tmp_path_factory):
         "llama": str(save_tiny(*tiny_llama(), root / "llama")),
         "idefics3": str(save_tiny(*tiny_idefics3(), root / "idefics3")),
         "llava": str(save_tiny(*tiny_llava(), root / "llava")),
+        "vlmqvision": str(save_tiny(*tiny_embedded_vlm(), root / "vlmqvision")),
     }

@@ -12,7 +12,7 @@ from vlmq_core.model import LoRAConfig, PolicyConfig
 from vlmq_core.prefix import MIN_SHARED_PREFIX
 from vlmq_core.tokens import TokenCache, build_batch
 
-FAMILIES = ["llama", "idefics3", "llava"]
+FAMILIES = ["llama", "idefics3", "llava", "vlmqvision"]
 
 
 def top_policy(family: str, seed: int = 0):

@@ -20,10 +20,11 @@ from vlmq_core.model import (
     load_policy,
 )
 
-FAMILIES = ["llama", "idefics3", "llava"]
-VLMS = ("idefics3", "llava")
-STOP = {"llama": "<|im_end|>", "idefics3": "<end_of_utterance>", "llava": "<|im_end|>"}
+FAMILIES = ["llama", "idefics3", "llava", "vlmqvision"]
+VLMS = ("idefics3", "llava", "vlmqvision")
+STOP = {"llama": "<|im_end|>", "idefics3": "<end_of_utterance>", "llava": "<|im_end|>", "vlmqvision": "<|im_end|>"}
 VISION = {"idefics3": ("vision_model", "connector"), "llava": ("vision_tower", "multi_modal_projector")}
+VISION["vlmqvision"] = VISION["llava"]
 
 
 def policy_of(request, family: str) -> Policy:
@@ -45,7 +46,15 @@ def test_lora_only_on_text_decoder(request, family):
     base = policy.model.get_base_model()
     decoder = base.get_decoder()
     prefix = next(n for n, m in base.named_modules() if m is decoder)
-    assert prefix == {"llama": "model", "idefics3": "model.text_model", "llava": "model.language_model"}[family]
+    assert (
+        prefix
+        == {
+            "llama": "model",
+            "idefics3": "model.text_model",
+            "llava": "model.language_model",
+            "vlmqvision": "model.language_model",
+        }[family]
+    )
     adapted = [n for n, m in base.named_modules() if hasattr(m, "lora_A")]
     assert len(adapted) == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 layers
     assert all(n.startswith(prefix + ".layers.") for n in adapted)
@@ -217,7 +226,12 @@ def test_load_policy_from_local_folder(tiny_folders, family):
     # same weights as the in-memory tiny model (same seed)
     ref = make_policy(family)
     torch.testing.assert_close(outputs(policy, family)[0], outputs(ref, family)[0], atol=1e-5, rtol=1e-5)
-    kinds = {"llama": "TokenizersBackend", "idefics3": "Idefics3Processor", "llava": "LlavaProcessor"}
+    kinds = {
+        "llama": "TokenizersBackend",
+        "idefics3": "Idefics3Processor",
+        "llava": "LlavaProcessor",
+        "vlmqvision": "LlavaProcessor",
+    }
     assert type(policy.processor).__name__ == kinds[family]
     if family == "idefics3":
         assert policy.processor.image_seq_len == 16

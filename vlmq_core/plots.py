@@ -221,6 +221,48 @@ def task_bars(results: dict[str, dict[str, dict]], key: str = "eval/success") ->
     return fig
 
 
+def reading_bars(scores: dict[str, dict[str, dict[str, dict]]], way: str = "read") -> go.Figure:
+    """Reading accuracy (:func:`vlmq_core.sight.reading_accuracy`) of each reader (``{reader: {task: {"read/field":
+    {acc, se, majority}}}}``) per task and field, with its standard error; a grey tick marks the majority rate
+    (always giving the commonest true value). `way`: ``read`` (fields of the transcription) or ``asked``."""
+    fig = go.Figure()
+    first = next(iter(scores.values()), {})
+    labels = [(task, key) for task, row in first.items() for key in row if key.startswith(way + "/")]
+    xs = [f"{task.removeprefix('BabyAI-')} · {key.split('/', 1)[1]}" for task, key in labels]
+    for i, (reader, by_task) in enumerate(scores.items()):
+        cells = [by_task.get(task, {}).get(key, {}) for task, key in labels]
+        fig.add_trace(
+            go.Bar(
+                x=xs,
+                y=[c.get("acc") for c in cells],
+                name=reader,
+                marker_color=RUN_COLORS[i % len(RUN_COLORS)],
+                error_y={"type": "data", "array": [c.get("se") for c in cells]},
+                customdata=[c.get("n") for c in cells],
+                hovertemplate=f"{reader} · %{{x}}<br>exact %{{y:.0%}} of %{{customdata}}<extra></extra>",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=[first[task][key].get("majority") for task, key in labels],
+            mode="markers",
+            name="majority answer",
+            marker={"symbol": "line-ew-open", "size": 18, "color": "grey", "line": {"width": 3}},
+            hovertemplate="always the commonest answer: %{y:.0%}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        barmode="group",
+        title=f"Reading accuracy ({'fields of the transcription' if way == 'read' else 'one question per field'})",
+        yaxis={"tickformat": ".0%", "range": [0, 1.05]},
+        xaxis={"tickangle": -40},
+        template="plotly_white",
+        height=420,
+    )
+    return fig
+
+
 ## Per-token critic ##
 
 

@@ -8,6 +8,7 @@ templates, stop tokens and tokenisation are exactly those of a real model.
 - :func:`tiny_llama` -- a 2-layer LlamaForCausalLM (hidden 64) over the SmolLM2 vocabulary.
 - :func:`tiny_idefics3` -- a SmolVLM-shaped Idefics3ForConditionalGeneration with an ``Idefics3Processor``.
 - :func:`tiny_llava` -- a LLaVA-1.5-shaped LlavaForConditionalGeneration (CLIP tower) with a ``LlavaProcessor``.
+- :func:`tiny_embedded_vlm` -- :func:`tiny_llama` behind a tiny vlmq vision tower, assembled as ``embedded-vlm`` is.
 - :func:`save_tiny` -- write a model + processor folder that ``load_policy`` loads like a hub checkpoint.
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from vlmq_core.model import EMBEDDED_GGUF, embedded_dir
+from vlmq_core.vision import TowerConfig, assemble
 
 SMOLVLM_CHAT_TEMPLATE = (
     "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
@@ -209,6 +211,17 @@ def tiny_llava(seed: int = 0):
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     return model.eval(), processor
+
+
+TINY_TOWER = TowerConfig(image_size=32, patch_size=8, hidden_size=32, layers=1, heads=2, intermediate_size=64)
+"""A tiny vlmq vision tower: 32x32 images in 8x8 patches -> 16 ``<image>`` tokens."""
+
+
+def tiny_embedded_vlm(seed: int = 0):
+    """``(model, processor)``: :func:`tiny_llama` behind :data:`TINY_TOWER` and its projector, put together by
+    :func:`vlmq_core.vision.assemble` exactly as ``model.name=embedded-vlm`` puts the real ones (random weights)."""
+    lm, tok = tiny_llama(seed)
+    return assemble(lm, tok, TINY_TOWER, seed=seed)
 
 
 def save_tiny(model, processor, folder: str | os.PathLike) -> Path:

@@ -1,0 +1,176 @@
+"""The embedded VLM's parts on tiny models: assembly, stored vision weights, the two training steps, the reading
+test and an AFSFT update from images (the real model's loading is in test_vision_embedded.py)."""
+
+import pytest
+import torch
+
+from vlmq_core import reading as rd
+from vlmq_core.model import VISION_WEIGHTS, ModelConfig, ModelLoadError, Policy, PolicyConfig, check_model_name
+from vlmq_core.sight import (
+    SightConfig,
+    answer_inputs,
+    caption_loss,
+    caption_targets,
+    nearest_tokens,
+    reading_accuracy,
+    train_sight,
+)
+from vlmq_core.tiny import TINY_TOWER, tiny_embedded_vlm, tiny_llama
+from vlmq_core.vision import (
+    IMAGE_TOKEN,
+    TowerConfig,
+    assemble,
+    read_vision,
+    save_vision,
+    vision_modules,
+    vision_state_dict,
+)
+
+
+def vision_params(vlm) -> dict[str, torch.Tensor]:
+    return {f"{name}.{k}": p for name, m in vision_modules(vlm).items() for k, p in m.named_parameters()}
+
+
+def test_assembly_reuses_the_language_model_and_adds_only_the_image_token():
+    lm, tok = tiny_llama()
+    rows = lm.get_input_embeddings().weight.shape[0]
+    mean = lm.get_input_embeddings().weight.detach().mean(0).clone()
+    vlm, proc = assemble(lm, tok, TINY_TOWER)
+    assert vlm.model.language_model is lm.model and vlm.lm_head is lm.lm_head
+    image_id = proc.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    assert image_id == rows == vlm.get_input_embeddings().weight.shape[0] - 1
+    torch.testing.assert_close(vlm.get_input_embeddings().weight[image_id], mean)
+    assert vlm.lm_head.weight is vlm.get_input_embeddings().weight  # still tied
+    r = rd.reading("NumberLine", rd.TRAIN_SEED)
+    text = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}], add_generation_prompt=True
+    )
+    inputs = proc(text=[text], images=[r.image], return_tensors="pt")
+    assert int((inputs["input_ids"] == image_id).sum()) == TINY_TOWER.image_tokens == 16
+    assert not any(p.device.type == "meta" for p in vlm.parameters())
+    assert vlm(**inputs).logits.shape[-1] == len(proc.tokenizer)
+
+
+def test_vision_weights_round_trip_and_refuse_what_does_not_fit(tmp_path):
+    vlm, _ = tiny_embedded_vlm(seed=3)
+    save_vision(vlm, TINY_TOWER, tmp_path, {"steps": 7})
+    tower, state, info = read_vision(tmp_path)
+    assert tower == TINY_TOWER and info == {"steps": 7}
+    other, _ = assemble(*tiny_llama(), tower, state)
+    for k, v in vision_state_dict(other).items():
+        torch.testing.assert_close(v, vision_state_dict(vlm)[k].half().float())
+    with pytest.raises(RuntimeError, match="size mismatch|Missing key"):
+        assemble(*tiny_llama(), TowerConfig(image_size=32, patch_size=8, hidden_size=64, layers=1, heads=2), state)
+    with pytest.raises(ValueError, match="no embedded VLM has"):
+        assemble(*tiny_llama(), tower, {**state, "lm_head.weight": torch.zeros(1)})
+
+
+def test_embedded_vlm_names_a_folder_without_weights_in_one_sentence(tmp_path):
+    with pytest.raises(ModelLoadError, match="holds no tower.json or vision.safetensors"):
+        check_model_name(ModelConfig(name="embedded-vlm", vision=str(tmp_path)))
+    with pytest.raises(ModelLoadError, match="model.vision is for model.name=embedded-vlm only"):
+        check_model_name(ModelConfig(name="embedded", vision=str(tmp_path)))
+    if not (VISION_WEIGHTS / "tower.json").is_file():  # until the built weights ship, the message says how to build
+        with pytest.raises(ModelLoadError, match=r"not in this checkout .* bash scripts/main.sh 00"):
+            check_model_name(ModelConfig(name="embedded-vlm"))
+
+
+def test_caption_loss_is_least_at_the_caption_embeddings():
+    _, tok = tiny_llama()
+    table = torch.randn(50, 8)
+    ids = torch.tensor([[3, 4, 4, 9], [9, 3, 7, 7]])
+    exact, parts = caption_loss(table[ids], ids, table, pad_id=7)
+    assert parts["mse"] == 0.0 and parts["token_acc"] == 1.0
+    off, _ = caption_loss(table[ids] + 0.5 * torch.randn(2, 4, 8), ids, table, pad_id=7)
+    assert exact < off
+    assert torch.equal(nearest_tokens(table[ids] + 0.01, table), ids)
+    targets = caption_targets(tok, ["Target: 4. Current: 5.", ""], 12)
+    space = tok(" ", add_special_tokens=False).input_ids[0]
+    assert targets.shape == (2, 12) and (targets[1] == space).all()
+    assert tok.decode(targets[0]).rstrip() == "Target: 4. Current: 5."
+
+
+def test_answer_labels_score_only_the_answer_and_the_end_of_the_turn():
+    _, proc = tiny_embedded_vlm()
+    r = rd.reading("NumberLine", rd.TRAIN_SEED)
+    inputs = answer_inputs(proc, [(r.image, "What is the target number?", "4"), (r.image, rd.TRANSCRIBE, r.caption)])
+    pairs = zip(inputs["input_ids"], inputs["labels"], strict=True)
+    scored = [proc.tokenizer.decode(row[lab != -100]) for row, lab in pairs]
+    assert scored == ["4<|im_end|>", r.caption + "<|im_end|>"]
+
+
+def test_sight_trains_only_the_vision_resumes_after_a_kill_and_is_scored(tmp_path, monkeypatch):
+    cfg = SightConfig(
+        tasks=["NumberLine", "Blackjack"],
+        tower=TINY_TOWER,
+        caption_steps=4,
+        caption_batch=4,
+        answer_steps=2,
+        answer_batch=2,
+    )
+    straight, proc = tiny_embedded_vlm()
+    lm_before = {k: v.clone() for k, v in straight.model.language_model.state_dict().items()}
+    vision_before = {k: v.detach().clone() for k, v in vision_params(straight).items()}
+    log = train_sight(straight, proc, cfg, tmp_path / "a", every=1, progress=False)
+    assert [(r["stage"], r["step"]) for r in log] == [(1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2)]
+    for k, v in straight.model.language_model.state_dict().items():
+        assert torch.equal(v, lm_before[k]), k
+    unchanged = [k for k, v in vision_params(straight).items() if torch.equal(v, vision_before[k])]
+    assert unchanged == ["vision_tower.post_layernorm.weight", "vision_tower.post_layernorm.bias"]
+    # (LLaVA reads the last layer's states, before SigLIP's final norm: the model never uses it)
+
+    import vlmq_core.sight as sight
+
+    calls = {"n": 0}
+    step = sight.train_caption_step
+
+    def dies_at_the_third(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return step(*args)
+
+    killed, proc2 = tiny_embedded_vlm()
+    monkeypatch.setattr(sight, "train_caption_step", dies_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        train_sight(killed, proc2, cfg, tmp_path / "b", every=1, progress=False)
+    monkeypatch.setattr(sight, "train_caption_step", step)
+    resumed, proc3 = tiny_embedded_vlm()
+    log2 = train_sight(resumed, proc3, cfg, tmp_path / "b", every=1, progress=False)
+    assert [r["loss"] for r in log2] == pytest.approx([r["loss"] for r in log], rel=1e-5)
+    for k, v in vision_state_dict(resumed).items():
+        torch.testing.assert_close(v, vision_state_dict(straight)[k])
+
+    scores = reading_accuracy(straight, proc, ["NumberLine", "BabyAI-GoToLocal"], per_task=3)
+    assert set(scores["NumberLine"]) == {"read/target", "read/current", "asked/target", "asked/current"}
+    assert set(scores["BabyAI-GoToLocal"]) >= {"read/front", "asked/front"}
+    for row in scores.values():
+        for s in row.values():
+            assert s["n"] == 3 and 0 <= s["acc"] <= 1 and 0 < s["majority"] <= 1
+
+
+def test_an_afsft_update_from_images_only_moves_the_adapters_and_the_critic(tmp_path):
+    from vlmq_core.buffer import TurnBuffer
+    from vlmq_core.collect import CollectConfig, SourceConfig, collect
+    from vlmq_core.critic import CriticConfig
+    from vlmq_core.trainer import TrainConfig, Trainer
+
+    model, proc = tiny_embedded_vlm(seed=1)
+    torch.manual_seed(0)
+    policy = Policy(model, proc, True, PolicyConfig(critic=CriticConfig(hidden=32)), name="tiny-vlmq-vision")
+    data = TurnBuffer(tmp_path / "data")
+    play = CollectConfig(num_envs=2, max_reply_tokens=3, observation_text=False)
+    collect(policy, play, SourceConfig("min_format", 2, 0), buffer=data, progress=False)
+    collect(None, play, SourceConfig("random", 2, 7), buffer=data, progress=False)
+    assert all(t.image is not None and "shown in the image" in t.prompt for t in data.turns)
+    tower = {k: v.clone() for k, v in vision_state_dict(policy.model.get_base_model()).items()}
+    lora = {n: p.detach().clone() for n, p in policy.model.named_parameters() if p.requires_grad}
+    critic = {n: p.detach().clone() for n, p in policy.critic.named_parameters()}
+    train = TrainConfig(steps=1, batch_size=3, grad_accum=1, lr_lora=1e-3, warmup_lora=1, warmup_critic=1)
+    h = Trainer(policy, TurnBuffer(tmp_path / "data"), train).fit(progress=False)
+    assert h[-1]["train/reply_tokens"] > 0
+    assert all(not torch.equal(p, lora[n]) for n, p in policy.model.named_parameters() if p.requires_grad)
+    assert all(not torch.equal(p, critic[n]) for n, p in policy.critic.named_parameters())
+    assert all("language_model" in n for n in lora)  # adapters on the decoder only
+    for k, v in vision_state_dict(policy.model.get_base_model()).items():
+        assert torch.equal(v, tower[k]), k

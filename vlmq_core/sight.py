@@ -1,0 +1,382 @@
+"""Teaching the embedded VLM to see: its vision tower and projector trained on vlmq's renders, the language model
+frozen (LLaVA's first stage), in two steps.
+
+1. **Captions into the embedding space** (ours, :func:`caption_loss`): image position i is trained to carry
+   the input embedding of the caption's i-th token (the rest of the positions: a space's), so the frozen language
+   model reads the picture as it would read its state summary. No language-model pass is needed, which makes this
+   step about a hundred times cheaper per example than LLaVA's; it is where the tower learns to read.
+2. **Answers through the frozen language model** (LLaVA's first-stage loss, :func:`answer_loss`): the image and a
+   question (the transcription, or one field) in, the answer's tokens scored, gradients reaching only the tower
+   and projector. It fixes what step 1's target leaves to chance: how the model uses the image in a chat turn.
+
+LLaVA's recipe is step 2 alone (``caption_steps=0``); ``docs/PAPER_MAP.md`` says why we add step 1.
+:func:`reading_accuracy` scores a model on held-out renders, field by field.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlmq_core import reading as rd
+from vlmq_core.progress import bar as progress_bar
+from vlmq_core.vision import TowerConfig, image_embeddings, load_vision_state, vision_modules, vision_state_dict
+
+
+@dataclass
+class SightConfig:
+    """How the vision is trained (both steps) and scored."""
+
+    tasks: list[str] = field(default_factory=lambda: list(rd.TASKS))
+    """Tasks whose renders it learns from (interleaved, one of each per round)."""
+    tower: TowerConfig = field(default_factory=TowerConfig)
+    """The tower's shape."""
+    caption_steps: int = 3000
+    """Updates of step 1 (captions into the embedding space); 0 skips it (LLaVA's recipe)."""
+    caption_batch: int = 36
+    """Renders per step-1 update."""
+    caption_lr: float = 1e-3
+    """Peak learning rate of step 1 (one-cycle: 5% warm-up, cosine decay)."""
+    answer_steps: int = 200
+    """Updates of step 2 (answers through the frozen language model)."""
+    answer_batch: int = 9
+    """Question/answer pairs per step-2 update."""
+    answer_lr: float = 2e-4
+    """Peak learning rate of step 2."""
+    seed: int = 0
+    """Initialisation of the tower and projector (the renders' seeds follow from the step)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tower, dict):
+            self.tower = TowerConfig(**self.tower)
+        unknown = [t for t in self.tasks if t not in rd.TASKS]
+        if unknown:
+            raise ValueError(f"no renders to read for {unknown}; readable tasks: {', '.join(rd.TASKS)}")
+
+
+# ---- step 1: captions into the embedding space -----------------------------------------------------------------
+
+
+def pad_id(tokenizer) -> int:
+    """The token that fills the image positions after a caption: a space."""
+    return tokenizer(" ", add_special_tokens=False).input_ids[0]
+
+
+def caption_targets(tokenizer, captions: Sequence[str], positions: int) -> torch.Tensor:
+    """(B, positions) token ids: each caption's tokens, cut at `positions`, then :func:`pad_id`."""
+    pad = pad_id(tokenizer)
+    rows = []
+    for text in captions:
+        ids = tokenizer(text, add_special_tokens=False).input_ids[:positions]
+        rows.append(ids + [pad] * (positions - len(ids)))
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def caption_loss(
+    e: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, pad_id: int
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Step 1's loss (ours): e (B, N, d) the projector's outputs, ids (B, N) the target tokens (`pad_id` after each
+    caption), table (V, d) the frozen input embeddings. Per position, the cross-entropy of the dot products with the
+    rows of the tokens present in the batch (discrimination) plus the squared distance to the target row over the
+    table's mean square (scale): ``CE(e E_c^T, ids) + |e - E[ids]|^2 / mean(E^2)``. Caption positions and padding
+    each weigh half (a caption is a tenth of the positions, and all that matters). ``token_acc``: the share of
+    caption positions whose nearest row, among the batch's tokens, is the target's."""
+    cand, local = torch.unique(ids, return_inverse=True)
+    logits = e.float() @ table[cand].float().T
+    ce = F.cross_entropy(logits.reshape(-1, len(cand)), local.reshape(-1), reduction="none").view(ids.shape)
+    mse = (e.float() - table[ids].float()).pow(2).mean(-1) / table.float().pow(2).mean()
+    real = ids != pad_id
+    w = torch.where(real, 1.0 / real.sum().clamp(min=1), 1.0 / (~real).sum().clamp(min=1))
+    w = w / w.sum()
+    ce, mse = (w * ce).sum(), (w * mse).sum()
+    with torch.no_grad():
+        hit = cand[nearest_tokens(e, table[cand])] == ids  # nearest among the batch's tokens (cheap)
+        acc = hit[real].float().mean().item() if real.any() else 1.0
+    return ce + mse, {"ce": ce.item(), "mse": mse.item(), "token_acc": acc}
+
+
+def nearest_tokens(e: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """(B, N) ids of the rows of `table` (V, d) nearest to each e (B, N, d) in Euclidean distance."""
+    t = table.float()
+    return (t.pow(2).sum(1) - 2 * e.float() @ t.T).argmin(-1)
+
+
+# ---- step 2: answers through the frozen language model ---------------------------------------------------------
+
+
+def answer_inputs(processor, items: Sequence[tuple[object, str, str]]) -> dict[str, torch.Tensor]:
+    """Right-padded model inputs for ``(image, question, answer)`` items, with ``labels`` = the answer's tokens and
+    the turn's end marker (every other position -100)."""
+    tok = processor.tokenizer
+    texts, starts = [], []
+    for _, question, answer in items:
+        user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        prompt = processor.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+        texts.append(prompt + answer + "<|im_end|>")
+        starts.append(prompt)
+    side, tok.padding_side = tok.padding_side, "right"
+    try:
+        inputs = processor(text=texts, images=[im for im, _, _ in items], return_tensors="pt", padding=True)
+        prompt_ids = processor(text=starts, images=[im for im, _, _ in items], return_tensors="pt", padding=True)
+    finally:
+        tok.padding_side = side
+    labels = inputs["input_ids"].clone()
+    labels[inputs["attention_mask"] == 0] = -100
+    for row, n in enumerate(prompt_ids["attention_mask"].sum(1).tolist()):
+        labels[row, :n] = -100
+    inputs["labels"] = labels
+    return inputs
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Step 2's loss (LLaVA's first stage): mean next-token cross-entropy over the answer tokens.
+    logits (B, T, V), labels (B, T) with -100 where nothing is scored."""
+    return F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+
+
+# ---- training ----------------------------------------------------------------------------------------------------
+
+
+def one_cycle(opt: torch.optim.Optimizer, steps: int, lr: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """`opt`'s learning rate over `steps` updates: linear warm-up to `lr` over the first 5%, then a cosine to 0."""
+    warm = max(1, steps // 20)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+
+    for g in opt.param_groups:
+        g["lr"] = lr
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _round(cfg: SightConfig, stage: int, step: int, size: int) -> list[rd.Reading]:
+    """The renders of update `step` of `stage`: seeds follow from (stage, step), so a resumed run sees the same."""
+    base = rd.TRAIN_SEED + stage * 100_000_000 + step * size
+    return [rd.reading(cfg.tasks[(base + i) % len(cfg.tasks)], base + i) for i in range(size)]
+
+
+def _pixels(processor, images) -> torch.Tensor:
+    return processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+
+def train_caption_step(vlm: nn.Module, processor, cfg: SightConfig, step: int, opt) -> dict[str, float]:
+    """One step-1 update on the renders of `step`."""
+    batch = _round(cfg, 1, step, cfg.caption_batch)
+    mods = vision_modules(vlm)
+    x = _pixels(processor, [r.image for r in batch]).to(next(mods["vision_tower"].parameters()).dtype)
+    ids = caption_targets(processor.tokenizer, [r.caption for r in batch], cfg.tower.image_tokens)
+    e = image_embeddings(vlm, x)
+    loss, parts = caption_loss(e, ids, vlm.get_input_embeddings().weight.detach(), pad_id(processor.tokenizer))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for m in mods.values() for p in m.parameters()], 1.0)
+    opt.step()
+    return {"loss": loss.item(), **parts}
+
+
+def train_answer_step(vlm: nn.Module, processor, cfg: SightConfig, step: int, opt) -> dict[str, float]:
+    """One step-2 update: each render of `step` with one of its questions (chosen by the seed)."""
+    batch = _round(cfg, 2, step, cfg.answer_batch)
+    items = []
+    for r in batch:
+        q, a = r.questions[r.seed % len(r.questions)]
+        items.append((r.image, q, a))
+    inputs = answer_inputs(processor, items)
+    labels = inputs.pop("labels")
+    dtype = next(vision_modules(vlm)["vision_tower"].parameters()).dtype
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    loss = answer_loss(vlm(**inputs).logits, labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for m in vision_modules(vlm).values() for p in m.parameters()], 1.0)
+    opt.step()
+    return {"loss": loss.item()}
+
+
+def train_sight(
+    vlm: nn.Module, processor, cfg: SightConfig, folder: str | Path, every: int = 100, progress: bool = True
+) -> list[dict[str, float]]:
+    """Run both steps on `vlm` (its language model frozen), saving ``sight.pt`` (the vision weights, optimiser,
+    stage and step) atomically into `folder` every `every` updates; a killed run continues from there. Returns
+    the logged rows (``stage``, ``step``, losses, seconds)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in vlm.parameters():
+        p.requires_grad_(False)
+    params = [p for m in vision_modules(vlm).values() for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    ckpt = folder / "sight.pt"
+    state = torch.load(ckpt, weights_only=True) if ckpt.is_file() else None
+    if state is not None:
+        load_vision_state(vlm, state["vision"])
+    log: list[dict[str, float]] = state["log"] if state else []
+    stages = [
+        (1, cfg.caption_steps, cfg.caption_lr, train_caption_step),
+        (2, cfg.answer_steps, cfg.answer_lr, train_answer_step),
+    ]
+    for stage, steps, lr, fn in stages:
+        start = 0
+        if state is not None and state["stage"] > stage:
+            continue
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+        sched = one_cycle(opt, steps, lr)
+        if state is not None and state["stage"] == stage:
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            start = state["step"]
+        vlm.train()
+        desc = "sight: captions" if stage == 1 else "sight: answers"
+        with progress_bar(total=steps, initial=start, desc=desc, disable=not progress) as pbar:
+            for step in range(start, steps):
+                t0 = time.perf_counter()
+                row = fn(vlm, processor, cfg, step, opt)
+                sched.step()
+                log.append({"stage": stage, "step": step + 1, **row, "seconds": time.perf_counter() - t0})
+                pbar.update(1)
+                pbar.set_postfix_str(f"loss {row['loss']:.3f}", refresh=False)
+                if (step + 1) % every == 0 or step + 1 == steps:
+                    nxt = (stage, step + 1) if step + 1 < steps else (stage + 1, 0)
+                    tmp = folder / ".sight.pt.tmp"
+                    torch.save(
+                        {
+                            "vision": vision_state_dict(vlm),
+                            "opt": opt.state_dict(),
+                            "sched": sched.state_dict(),
+                            "stage": nxt[0],
+                            "step": nxt[1],
+                            "log": log,
+                        },
+                        tmp,
+                    )
+                    tmp.replace(ckpt)
+        state = None
+    vlm.eval()
+    return log
+
+
+# ---- scoring --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def answer(
+    vlm: nn.Module, processor, items: Sequence[tuple[object, str]], max_new_tokens: int = 48, batch: int = 8
+) -> list[str]:
+    """Greedy answers of `vlm` to ``(image, question)`` items (image None: the question alone)."""
+    tok = processor.tokenizer
+    dtype = next(vision_modules(vlm)["vision_tower"].parameters()).dtype
+    out = []
+    side, tok.padding_side = tok.padding_side, "left"
+    try:
+        for i in range(0, len(items), batch):
+            chunk = items[i : i + batch]
+            images = [im for im, _ in chunk if im is not None]
+            if images and len(images) != len(chunk):
+                raise ValueError("answer() takes a batch of items all with an image or all without")
+            texts = [
+                processor.apply_chat_template(
+                    [
+                        {
+                            "role": "user",
+                            "content": [{"type": "image"}] * (im is not None) + [{"type": "text", "text": q}],
+                        }
+                    ],
+                    add_generation_prompt=True,
+                    tokenize=False,
+                )
+                for im, q in chunk
+            ]
+            inputs = processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+            if images:
+                inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+            ids = vlm.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+                pad_token_id=tok.pad_token_id,
+            )
+            out += [
+                t.strip() for t in tok.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            ]
+    finally:
+        tok.padding_side = side
+    return out
+
+
+@torch.no_grad()
+def seen_text(vlm: nn.Module, processor, images: Sequence[object], batch: int = 16) -> list[str]:
+    """The text the image positions carry: each position's nearest input embedding in the whole vocabulary,
+    decoded (trailing padding dropped). What step 1 trains; the language model plays no part."""
+    table = vlm.get_input_embeddings().weight.detach()
+    dtype = next(vision_modules(vlm)["vision_tower"].parameters()).dtype
+    out = []
+    for i in range(0, len(images), batch):
+        e = image_embeddings(vlm, _pixels(processor, images[i : i + batch]).to(dtype))
+        ids = nearest_tokens(e, table)
+        out += [t.rstrip() for t in processor.tokenizer.batch_decode(ids)]
+    return out
+
+
+def reading_accuracy(
+    vlm: nn.Module,
+    processor,
+    tasks: Sequence[str],
+    per_task: int,
+    start: int = rd.HELD_OUT_SEED,
+    from_text: bool = False,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Exact-match accuracy per task and field on `per_task` held-out renders (seeds from `start`), three ways:
+    ``seen`` parses the fields of the text the image positions carry (each position's nearest token in the whole
+    vocabulary: the eyes alone, no language-model pass), ``read`` those of the model's transcription
+    (:data:`reading.TRANSCRIBE`), ``asked`` asks one question per field. Each entry: ``{"acc": fraction, "se":
+    standard error, "n": count, "majority": the rate of always giving the commonest true value}``. With
+    `from_text` the model gets each caption as text instead of the image (``Image: <caption>`` before the
+    question): how well its language model reads the words alone."""
+
+    def shown(r: rd.Reading, question: str) -> tuple[object, str]:
+        return (None, f"Image: {r.caption}\n{question}") if from_text else (r.image, question)
+
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for task in tasks:
+        rs = [rd.reading(task, start + i) for i in range(per_task)]
+        longest = max(len(processor.tokenizer(r.caption).input_ids) for r in rs)
+        said = answer(vlm, processor, [shown(r, rd.TRANSCRIBE) for r in rs], max_new_tokens=longest + 8)
+        hits: dict[str, list[bool]] = {}
+        ways = (
+            [("read", said)]
+            if from_text
+            else [("seen", seen_text(vlm, processor, [r.image for r in rs])), ("read", said)]
+        )
+        for way, texts in ways:
+            for r, text in zip(rs, texts, strict=True):
+                got = rd.fields(task, text)
+                for k, v in r.fields.items():
+                    hits.setdefault(f"{way}/{k}", []).append(got.get(k) == v)
+        asked = [(r, q, a) for r in rs for q, a in r.questions[1:]]
+        replies = answer(vlm, processor, [shown(r, q) for r, q, _ in asked], max_new_tokens=24)
+        for (r, q, a), reply in zip(asked, replies, strict=True):
+            key = next(k for k, v in r.fields.items() if (rd.QUESTIONS.get(k), v) == (q, a))
+            hits.setdefault(f"asked/{key}", []).append(reply == a)
+        out[task] = {k: _rate(v, [r.fields.get(k.split("/")[1]) for r in rs]) for k, v in hits.items()}
+    return out
+
+
+def _rate(hits: list[bool], truth: list[str | None]) -> dict[str, float]:
+    """Accuracy, its standard error and the majority rate (always giving the commonest true value)."""
+    n = len(hits)
+    p = sum(hits) / n
+    values = [t for t in truth if t is not None]
+    majority = max(values.count(v) for v in set(values)) / len(values) if values else 0.0
+    return {"acc": p, "se": math.sqrt(p * (1 - p) / n), "n": n, "majority": majority}
