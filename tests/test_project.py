@@ -289,3 +289,42 @@ def test_the_core_has_no_import_cycle_and_online_sits_below_run():
                 todo.append(t)
     assert "vlmq_core.run" not in reach and "vlmq_core.experiments" not in reach
     assert {m: local for m, (_, local, _) in g.items() if local} == {"vlmq_core.envs": {"vlmq_core.envs.text_action"}}
+
+
+MAX_NOTEBOOK_BYTES = 1_500_000
+"""Issue 31's goal for every committed executed notebook."""
+NOT_YET_RE_EXECUTED = {
+    "03_offline_afsft_blackjack.ipynb",
+    "03_offline_afsft_ezpoints.ipynb",
+    "03_offline_afsft_points24.ipynb",
+    "06_miniwob.ipynb",
+}
+"""Executed before issue 31's static pictures (5.2-5.9 MB, plotly.js inside); strict xfail, so each must leave this
+set in the commit that re-executes it."""
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="not re-executed yet (issue 31)"))
+        if p.name in NOT_YET_RE_EXECUTED
+        else p
+        for p in sorted(ROOT.glob("nbs_outputs/*.ipynb"))
+    ],
+    ids=lambda p: p.name,
+)
+def test_committed_executed_notebooks_read_without_javascript_and_stay_small(path):
+    """What a code host, nbviewer or a mail shows of each executed notebook: under 1.5 MB, a PNG behind every plotly
+    figure, no plotly.js, no saved widget (progress ends as text: no bar saved at 0%)."""
+    assert path.stat().st_size <= MAX_NOTEBOOK_BYTES, f"{path.name}: {path.stat().st_size:,} bytes"
+    nb = json.loads(path.read_text())
+    outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+    figures = [o["data"] for o in outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert all("image/png" in f for f in figures), f"{path.name}: a plotly output without its picture"
+    assert not any("plotly.js" in "".join(o.get("data", {}).get("text/html", "")) for o in outputs)
+    assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert "widgets" not in nb["metadata"]
+    shown = [
+        "".join(o.get("data", {}).get("text/plain", "")) for o in outputs if o.get("output_type") == "display_data"
+    ]
+    assert not [t for t in shown if re.search(r"\b0%\|", t)], f"{path.name}: a progress bar saved before it moved"
