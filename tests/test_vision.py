@@ -1,6 +1,8 @@
 """The embedded VLM's parts on tiny models: assembly, stored vision weights, the two training steps, the reading
 test and an AFSFT update from images (the real model's loading is in test_vision_embedded.py)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -71,7 +73,7 @@ def test_embedded_vlm_names_a_folder_without_weights_in_one_sentence(tmp_path):
     with pytest.raises(ModelLoadError, match="model.vision is for model.name=embedded-vlm only"):
         check_model_name(ModelConfig(name="embedded", vision=str(tmp_path)))
     if not (VISION_WEIGHTS / "tower.json").is_file():  # until the built weights ship, the message says how to build
-        with pytest.raises(ModelLoadError, match=r"not in this checkout .* bash scripts/main.sh 00"):
+        with pytest.raises(ModelLoadError, match=r"not in this checkout .* `bash scripts/main.sh 00`"):
             check_model_name(ModelConfig(name="embedded-vlm"))
 
 
@@ -135,6 +137,17 @@ def test_sight_trains_only_the_vision_resumes_after_a_kill_and_is_scored(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         train_sight(killed, proc2, cfg, tmp_path / "b", every=1, progress=False)
     monkeypatch.setattr(sight, "train_caption_step", step)
+    answer_step = sight.train_answer_step
+
+    def dies_in_step_2(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sight, "train_answer_step", dies_in_step_2)  # killed again, between the two steps
+    with pytest.raises(KeyboardInterrupt):
+        train_sight(tiny_embedded_vlm()[0], proc2, cfg, tmp_path / "b", every=1, progress=False)
+    monkeypatch.setattr(sight, "train_answer_step", answer_step)
+    with pytest.raises(ValueError, match="holds a run of other settings \\(answer_steps differ\\)"):
+        train_sight(tiny_embedded_vlm()[0], proc2, replace(cfg, answer_steps=3), tmp_path / "b", progress=False)
     resumed, proc3 = tiny_embedded_vlm()
     log2 = train_sight(resumed, proc3, cfg, tmp_path / "b", every=1, progress=False)
     assert [r["loss"] for r in log2] == pytest.approx([r["loss"] for r in log], rel=1e-5)
@@ -142,8 +155,11 @@ def test_sight_trains_only_the_vision_resumes_after_a_kill_and_is_scored(tmp_pat
         torch.testing.assert_close(v, vision_state_dict(straight)[k])
 
     scores = reading_accuracy(straight, proc, ["NumberLine", "BabyAI-GoToLocal"], per_task=3)
-    assert set(scores["NumberLine"]) == {"read/target", "read/current", "asked/target", "asked/current"}
-    assert set(scores["BabyAI-GoToLocal"]) >= {"read/front", "asked/front"}
+    ways = {f"{way}/{field}" for way in ("seen", "read", "asked") for field in ("target", "current")}
+    assert set(scores["NumberLine"]) == ways
+    assert set(scores["BabyAI-GoToLocal"]) >= {"seen/front", "read/front", "asked/front"}
+    text = reading_accuracy(straight, proc, ["NumberLine"], per_task=3, from_text=True)
+    assert set(text["NumberLine"]) == ways - {"seen/target", "seen/current"}  # no eyes to read with
     for row in scores.values():
         for s in row.values():
             assert s["n"] == 3 and 0 <= s["acc"] <= 1 and 0 < s["majority"] <= 1

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -208,8 +208,8 @@ def train_sight(
     vlm: nn.Module, processor, cfg: SightConfig, folder: str | Path, every: int = 100, progress: bool = True
 ) -> list[dict[str, float]]:
     """Run both steps on `vlm` (its language model frozen), saving ``sight.pt`` (the vision weights, optimiser,
-    stage and step) atomically into `folder` every `every` updates; a killed run continues from there. Returns
-    the logged rows (``stage``, ``step``, losses, seconds)."""
+    stage, step and `cfg`) atomically into `folder` every `every` updates; a killed run continues from there (with
+    the same `cfg`: other settings are refused). Returns the logged rows (``stage``, ``step``, losses, seconds)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for p in vlm.parameters():
@@ -219,6 +219,13 @@ def train_sight(
         p.requires_grad_(True)
     ckpt = folder / "sight.pt"
     state = torch.load(ckpt, weights_only=True) if ckpt.is_file() else None
+    settings = asdict(cfg)
+    if state is not None and state["config"] != settings:
+        changed = sorted(k for k in settings if state["config"].get(k) != settings[k])
+        raise ValueError(
+            f"{folder} holds a run of other settings ({', '.join(changed)} differ): continue it with its own settings, "
+            "or give another folder."
+        )
     if state is not None:
         load_vision_state(vlm, state["vision"])
     log: list[dict[str, float]] = state["log"] if state else []
@@ -232,7 +239,7 @@ def train_sight(
             continue
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
         sched = one_cycle(opt, steps, lr)
-        if state is not None and state["stage"] == stage:
+        if state is not None and state["stage"] == stage and state["step"] > 0:  # (step 0: the stage not begun)
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
             start = state["step"]
@@ -257,6 +264,7 @@ def train_sight(
                             "stage": nxt[0],
                             "step": nxt[1],
                             "log": log,
+                            "config": settings,
                         },
                         tmp,
                     )
