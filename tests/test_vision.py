@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vlmq_core import reading as rd
+from vlmq_core.config import ConfigError
 from vlmq_core.model import VISION_WEIGHTS, ModelConfig, ModelLoadError, Policy, PolicyConfig, check_model_name
 from vlmq_core.sight import (
     SightConfig,
@@ -77,12 +78,30 @@ def test_embedded_vlm_names_a_folder_without_weights_in_one_sentence(tmp_path):
             check_model_name(ModelConfig(name="embedded-vlm"))
 
 
+def test_tower_and_sight_settings_are_refused_in_one_sentence():
+    with pytest.raises(
+        ConfigError, match=r"^tower.image_size \(224\) must be a multiple of tower.patch_size \(15\)\.$"
+    ):
+        TowerConfig(patch_size=15)
+    with pytest.raises(ConfigError, match=r"^tower.hidden_size \(192\) must be a multiple of tower.heads \(5\)\.$"):
+        TowerConfig(heads=5)
+    with pytest.raises(ConfigError, match=r"^tower.layers must be >= 1, not 0\.$"):
+        TowerConfig(layers=0)
+    with pytest.raises(ConfigError, match=r"^sight.caption_lr must be > 0, not 0.0\.$"):
+        SightConfig(caption_lr=0.0)
+    with pytest.raises(ConfigError, match=r"^sight.tasks: no renders to read for \['MiniWoB-click-button'\]"):
+        SightConfig(tasks=["MiniWoB-click-button"])
+    assert SightConfig(tower={"layers": 2}).tower == TowerConfig(layers=2)
+
+
 def test_caption_loss_is_least_at_the_caption_embeddings():
     _, tok = tiny_llama()
     table = torch.randn(50, 8)
     ids = torch.tensor([[3, 4, 4, 9], [9, 3, 7, 7]])
     exact, parts = caption_loss(table[ids], ids, table, pad_id=7)
     assert parts["mse"] == 0.0 and parts["token_acc"] == 1.0
+    given, _ = caption_loss(table[ids] + 0.1, ids, table, pad_id=7, scale=table.pow(2).mean().item())
+    torch.testing.assert_close(given, caption_loss(table[ids] + 0.1, ids, table, pad_id=7)[0])
     off, _ = caption_loss(table[ids] + 0.5 * torch.randn(2, 4, 8), ids, table, pad_id=7)
     assert exact < off
     assert torch.equal(nearest_tokens(table[ids] + 0.01, table), ids)

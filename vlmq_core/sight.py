@@ -15,6 +15,7 @@ LLaVA's recipe is step 2 alone (``caption_steps=0``); ``docs/PAPER_MAP.md`` says
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmq_core import reading as rd
+from vlmq_core.config import ConfigError, check_fields, require
 from vlmq_core.progress import bar as progress_bar
 from vlmq_core.vision import TowerConfig, image_embeddings, load_vision_state, vision_modules, vision_state_dict
 
@@ -56,9 +58,21 @@ class SightConfig:
     def __post_init__(self) -> None:
         if isinstance(self.tower, dict):
             self.tower = TowerConfig(**self.tower)
+        check_fields(self, "sight.")
         unknown = [t for t in self.tasks if t not in rd.TASKS]
         if unknown:
-            raise ValueError(f"no renders to read for {unknown}; readable tasks: {', '.join(rd.TASKS)}")
+            raise ConfigError(f"sight.tasks: no renders to read for {unknown}; readable tasks: {', '.join(rd.TASKS)}.")
+        at_least_1, at_least_0, positive = (
+            (lambda v: v >= 1, ">= 1"),
+            (lambda v: v >= 0, ">= 0"),
+            (lambda v: v > 0, "> 0"),
+        )
+        require(
+            self,
+            "sight.",
+            {"caption_steps": at_least_0, "caption_batch": at_least_1, "caption_lr": positive,
+             "answer_steps": at_least_0, "answer_batch": at_least_1, "answer_lr": positive},
+        )  # fmt: skip
 
 
 # ---- step 1: captions into the embedding space -----------------------------------------------------------------
@@ -80,18 +94,20 @@ def caption_targets(tokenizer, captions: Sequence[str], positions: int) -> torch
 
 
 def caption_loss(
-    e: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, pad_id: int
+    e: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, pad_id: int, scale: float | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Step 1's loss (ours): e (B, N, d) the projector's outputs, ids (B, N) the target tokens (`pad_id` after each
     caption), table (V, d) the frozen input embeddings. Per position, the cross-entropy of the dot products with the
     rows of the tokens present in the batch (discrimination) plus the squared distance to the target row over the
     table's mean square (scale): ``CE(e E_c^T, ids) + |e - E[ids]|^2 / mean(E^2)``. Caption positions and padding
-    each weigh half (a caption is a tenth of the positions, and all that matters). ``token_acc``: the share of
+    each weigh half (a caption is a tenth of the positions, and all that matters). `scale`: mean(E^2), computed
+    when not given (a constant of the frozen table: callers pass it once). ``token_acc``: the share of
     caption positions whose nearest row, among the batch's tokens, is the target's."""
     cand, local = torch.unique(ids, return_inverse=True)
     logits = e.float() @ table[cand].float().T
     ce = F.cross_entropy(logits.reshape(-1, len(cand)), local.reshape(-1), reduction="none").view(ids.shape)
-    mse = (e.float() - table[ids].float()).pow(2).mean(-1) / table.float().pow(2).mean()
+    scale = table.float().pow(2).mean().item() if scale is None else scale
+    mse = (e.float() - table[ids].float()).pow(2).mean(-1) / scale
     real = ids != pad_id
     w = torch.where(real, 1.0 / real.sum().clamp(min=1), 1.0 / (~real).sum().clamp(min=1))
     w = w / w.sum()
@@ -170,14 +186,17 @@ def _pixels(processor, images) -> torch.Tensor:
     return processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
 
 
-def train_caption_step(vlm: nn.Module, processor, cfg: SightConfig, step: int, opt) -> dict[str, float]:
-    """One step-1 update on the renders of `step`."""
+def train_caption_step(
+    vlm: nn.Module, processor, cfg: SightConfig, step: int, opt, scale: float | None = None
+) -> dict[str, float]:
+    """One step-1 update on the renders of `step` (`scale`: :func:`caption_loss`'s, or computed here)."""
     batch = _round(cfg, 1, step, cfg.caption_batch)
     mods = vision_modules(vlm)
     x = _pixels(processor, [r.image for r in batch]).to(next(mods["vision_tower"].parameters()).dtype)
     ids = caption_targets(processor.tokenizer, [r.caption for r in batch], cfg.tower.image_tokens)
     e = image_embeddings(vlm, x)
-    loss, parts = caption_loss(e, ids, vlm.get_input_embeddings().weight.detach(), pad_id(processor.tokenizer))
+    table = vlm.get_input_embeddings().weight.detach()
+    loss, parts = caption_loss(e, ids, table, pad_id(processor.tokenizer), scale)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for m in mods.values() for p in m.parameters()], 1.0)
@@ -229,8 +248,9 @@ def train_sight(
     if state is not None:
         load_vision_state(vlm, state["vision"])
     log: list[dict[str, float]] = state["log"] if state else []
+    scale = vlm.get_input_embeddings().weight.detach().float().pow(2).mean().item()
     stages = [
-        (1, cfg.caption_steps, cfg.caption_lr, train_caption_step),
+        (1, cfg.caption_steps, cfg.caption_lr, functools.partial(train_caption_step, scale=scale)),
         (2, cfg.answer_steps, cfg.answer_lr, train_answer_step),
     ]
     for stage, steps, lr, fn in stages:

@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vlmq_core.config import ConfigError, check_fields, require
+
 IMAGE_TOKEN = "<image>"
 WEIGHTS = Path(__file__).parent / "weights" / "embedded_vlm"
 """Folder of the shipped vision weights: ``tower.json`` (:class:`TowerConfig` and how it was built) and
@@ -52,10 +54,17 @@ class TowerConfig:
     """Width of each layer's MLP."""
 
     def __post_init__(self) -> None:
+        check_fields(self, "tower.")
+        positive = (lambda v: v >= 1, ">= 1")
+        require(self, "tower.", dict.fromkeys(("image_size", "patch_size", "hidden_size", "layers", "heads"), positive))
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+            raise ConfigError(
+                f"tower.image_size ({self.image_size}) must be a multiple of tower.patch_size ({self.patch_size})."
+            )
         if self.hidden_size % self.heads:
-            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of heads {self.heads}")
+            raise ConfigError(
+                f"tower.hidden_size ({self.hidden_size}) must be a multiple of tower.heads ({self.heads})."
+            )
 
     @property
     def image_tokens(self) -> int:

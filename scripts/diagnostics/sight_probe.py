@@ -50,8 +50,9 @@ def main() -> None:
     real = ids != pad_id(tok)
     start = time.time()
     vlm.train()
+    scale = vlm.get_input_embeddings().weight.float().pow(2).mean().item()
     for step in range(args.steps):
-        row = train_caption_step(vlm, proc, cfg, step, opt)
+        row = train_caption_step(vlm, proc, cfg, step, opt, scale)
         sched.step()
         if (step + 1) % args.every == 0 or step + 1 == args.steps:
             vlm.eval()
