@@ -152,6 +152,27 @@ def test_bad_configuration_is_reported():
         SourceConfig("oracle", corrupt_rate=1.5)
 
 
+def test_babyai_can_be_played_from_its_point_of_view(tmp_path):
+    buf = TurnBuffer(tmp_path / "d")
+    pov = CollectConfig(task="BabyAI-GoToRedBall", num_envs=2, view="pov")
+    collect(None, pov, SourceConfig("random", 2, 0), buffer=buf, progress=False)
+    assert all(t.pil_image().size == (224, 224) for t in buf.turns)  # 7x7 cells of 32 px
+    full = TurnBuffer(tmp_path / "f")
+    collect(
+        None,
+        CollectConfig(task="BabyAI-GoToRedBall", num_envs=2),
+        SourceConfig("random", 2, 0),
+        buffer=full,
+        progress=False,
+    )
+    assert [t.reply for t in full.turns] == [t.reply for t in buf.turns]  # the same episodes, another picture
+    assert all(t.pil_image().size != (224, 224) for t in full.turns)
+    with pytest.raises(ConfigError, match="^collect.view=pov is a BabyAI view; NumberLine has one image"):
+        CollectConfig(view="pov")
+    with pytest.raises(ConfigError, match="collect.view"):
+        CollectConfig(task="BabyAI-GoToRedBall", view="side")
+
+
 @pytest.mark.parametrize("task", ["NumberLine", "EZPoints", "BabyAI-GoToRedBall"])
 def test_oracle_strategy_builds_datasets_of_known_quality(tmp_path, task):
     clean = TurnBuffer(tmp_path / "clean")

@@ -56,6 +56,10 @@ class CollectConfig:
     observation_text: bool = True
     """Write the state summary into the prompt; false: a VLM sees the state in the image alone (the paper's
     image-only prompting, Figures 4 and 8; the prompt says the state is shown in the image)."""
+    view: Literal["full", "pov"] = "full"
+    """BabyAI's image: ``full`` (the whole grid, the agent's 7x7 field of view lightened) or ``pov`` (that field of
+    view alone, the agent at the bottom centre facing up: what BabyAI's text describes, and the view
+    ``embedded-vlm`` learned to read). Other tasks have one image: ``full``."""
 
     def __post_init__(self) -> None:
         check_fields(self, "collect.")
@@ -63,6 +67,10 @@ class CollectConfig:
             task_name(self.task)
         except ValueError as e:
             raise ConfigError(f"collect.task: {e}.") from e
+        if self.view != "full" and not task_name(self.task).startswith("BabyAI-"):
+            raise ConfigError(
+                f"collect.view={self.view} is a BabyAI view; {self.task} has one image: leave collect.view at full."
+            )
         if not (self.use_images or self.observation_text):
             raise ConfigError(
                 "collect.use_images and collect.observation_text are both false: the model would see no state."
@@ -207,7 +215,8 @@ class EnvSlots:
                 "keep it true, or use a VLM."
             )
         n = memory_cap(cfg.task, n)
-        self.envs = [make_env(cfg.task, show_text=cfg.observation_text) for _ in range(n)]
+        view = {"view": cfg.view} if cfg.view != "full" else {}  # only BabyAI's env takes a view
+        self.envs = [make_env(cfg.task, show_text=cfg.observation_text, **view) for _ in range(n)]
         self.slots: list[Slot | None] = [None] * n
         self.last_turns: list[Turn] = []
         """The turns the last :meth:`step` took, one per slot that was active."""
