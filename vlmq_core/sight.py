@@ -189,11 +189,14 @@ def _pixels(processor, images) -> torch.Tensor:
 def train_caption_step(
     vlm: nn.Module, processor, cfg: SightConfig, step: int, opt, scale: float | None = None
 ) -> dict[str, float]:
-    """One step-1 update on the renders of `step` (`scale`: :func:`caption_loss`'s, or computed here)."""
+    """One step-1 update on the renders of `step` (`scale`: :func:`caption_loss`'s, or computed here). The row's
+    ``data_seconds``: the part spent rendering and preprocessing."""
+    t0 = time.perf_counter()
     batch = _round(cfg, 1, step, cfg.caption_batch)
     mods = vision_modules(vlm)
     x = _pixels(processor, [r.image for r in batch]).to(next(mods["vision_tower"].parameters()).dtype)
     ids = caption_targets(processor.tokenizer, [r.caption for r in batch], cfg.tower.image_tokens)
+    data_seconds = time.perf_counter() - t0
     e = image_embeddings(vlm, x)
     table = vlm.get_input_embeddings().weight.detach()
     loss, parts = caption_loss(e, ids, table, pad_id(processor.tokenizer), scale)
@@ -201,7 +204,7 @@ def train_caption_step(
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for m in mods.values() for p in m.parameters()], 1.0)
     opt.step()
-    return {"loss": loss.item(), **parts}
+    return {"loss": loss.item(), **parts, "data_seconds": data_seconds}
 
 
 def train_answer_step(vlm: nn.Module, processor, cfg: SightConfig, step: int, opt) -> dict[str, float]:

@@ -52,6 +52,7 @@ def main() -> None:
     vlm.train()
     scale = vlm.get_input_embeddings().weight.float().pow(2).mean().item()
     for step in range(args.steps):
+        t0 = time.time()
         row = train_caption_step(vlm, proc, cfg, step, opt, scale)
         sched.step()
         if (step + 1) % args.every == 0 or step + 1 == args.steps:
@@ -71,7 +72,11 @@ def main() -> None:
             }
             token = (got == ids)[real].float().mean().item()
             minutes = (time.time() - start) / 60
-            print(f"step {step + 1} ({minutes:.1f} min) loss {row['loss']:.3f} held-out tokens {token:.1%}", flush=True)
+            print(
+                f"step {step + 1} ({minutes:.1f} min; last update {time.time() - t0:.2f} s, "
+                f"{row['data_seconds']:.2f} s of it rendering) loss {row['loss']:.3f} held-out tokens {token:.1%}",
+                flush=True,
+            )
             print("  renders read right:", {t.removeprefix("BabyAI-"): f"{v:.0%}" for t, v in per_task.items()})
             print("  e.g.", repr(texts[0][:80]), "for", repr(held[0].caption[:80]), flush=True)
 
