@@ -145,11 +145,11 @@ def test_sight_trains_only_the_vision_resumes_after_a_kill_and_is_scored(tmp_pat
     calls = {"n": 0}
     step = sight.train_caption_step
 
-    def dies_at_the_third(*args):
+    def dies_at_the_third(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return step(*args)
+        return step(*args, **kwargs)
 
     killed, proc2 = tiny_embedded_vlm()
     monkeypatch.setattr(sight, "train_caption_step", dies_at_the_third)
