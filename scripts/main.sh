@@ -6,7 +6,7 @@
 # notebook's wall time, then the headline numbers from their metrics files.
 #   bash scripts/main.sh                 # every notebook, in order
 #   bash scripts/main.sh 03 04           # only these (by number)
-#   bash scripts/main.sh 06              # MiniWoB++ in Debian's Chromium (not in the default job: about 80 min on 2 cores)
+#   bash scripts/main.sh 06              # MiniWoB++ in Debian's Chromium (not in the default job: about 61 min on 2 cores)
 #   bash scripts/main.sh 00              # rebuild the embedded VLM's eyes (its weights ship, so the main job never does)
 #   bash scripts/main.sh 03 -y "overrides: [train.steps=400]"   # later arguments go to papermill for each notebook
 set -euo pipefail

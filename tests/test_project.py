@@ -297,7 +297,6 @@ NOT_YET_RE_EXECUTED = {
     "03_offline_afsft_blackjack.ipynb",
     "03_offline_afsft_ezpoints.ipynb",
     "03_offline_afsft_points24.ipynb",
-    "06_miniwob.ipynb",
 }
 """Executed before issue 31's static pictures (5.2-5.9 MB, plotly.js inside); strict xfail, so each must leave this
 set in the commit that re-executes it."""
