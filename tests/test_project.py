@@ -327,3 +327,17 @@ def test_committed_executed_notebooks_read_without_javascript_and_stay_small(pat
         "".join(o.get("data", {}).get("text/plain", "")) for o in outputs if o.get("output_type") == "display_data"
     ]
     assert not [t for t in shown if re.search(r"\b0%\|", t)], f"{path.name}: a progress bar saved before it moved"
+
+
+@pytest.mark.parametrize(
+    "path", sorted(ROOT.glob("notebooks/*.ipynb")) + sorted(ROOT.glob("nbs_outputs/*.ipynb")), ids=lambda p: p.name
+)
+def test_notebooks_name_their_kernel_as_ipykernel_installs_it(path):
+    """JupyterLab rewrites a notebook's kernelspec to the running kernel's and marks the notebook modified the moment
+    it opens when they differ ("Python 3" against ipykernel's "Python 3 (ipykernel)"); papermill copies the source's
+    kernelspec into the executed copy (scripts/diagnostics/lab_open.py shows the mark)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    want = {"display_name": spec.display_name, "language": spec.language, "name": "python3"}
+    assert json.loads(path.read_text())["metadata"]["kernelspec"] == want
