@@ -6,6 +6,7 @@ task, the share of renders whose every field reads right from that text (``seen`
 
     python scripts/diagnostics/sight_probe.py --steps 3000 --every 250 --threads 2
     python scripts/diagnostics/sight_probe.py --steps 600 --lr 2e-3 --tasks NumberLine Blackjack
+    python scripts/diagnostics/sight_probe.py --steps 20 --every 10 --bf16     # seconds per update under autocast
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="*", default=list(rd.TASKS))
     ap.add_argument("--layers", type=int, default=TowerConfig.layers)
     ap.add_argument("--hidden", type=int, default=TowerConfig.hidden_size)
+    ap.add_argument("--bf16", action="store_true", help="run each update under bfloat16 autocast (AVX512-BF16, AMX)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lm, tok, _ = load_backbone(ModelConfig(name="embedded", dtype="float32", device="cpu"))
@@ -53,7 +55,8 @@ def main() -> None:
     scale = vlm.get_input_embeddings().weight.float().pow(2).mean().item()
     for step in range(args.steps):
         t0 = time.time()
-        row = train_caption_step(vlm, proc, cfg, step, opt, scale)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            row = train_caption_step(vlm, proc, cfg, step, opt, scale)
         sched.step()
         if (step + 1) % args.every == 0 or step + 1 == args.steps:
             vlm.eval()
