@@ -58,6 +58,7 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             row = train_caption_step(vlm, proc, cfg, step, opt, scale)
         sched.step()
+        seconds = time.time() - t0
         if (step + 1) % args.every == 0 or step + 1 == args.steps:
             vlm.eval()
             texts = seen_text(vlm, proc, [r.image for r in held])
@@ -76,7 +77,7 @@ def main() -> None:
             token = (got == ids)[real].float().mean().item()
             minutes = (time.time() - start) / 60
             print(
-                f"step {step + 1} ({minutes:.1f} min; last update {time.time() - t0:.2f} s, "
+                f"step {step + 1} ({minutes:.1f} min; last update {seconds:.2f} s, "
                 f"{row['data_seconds']:.2f} s of it rendering) loss {row['loss']:.3f} held-out tokens {token:.1%}",
                 flush=True,
             )
