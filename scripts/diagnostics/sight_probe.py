@@ -7,6 +7,7 @@ task, the share of renders whose every field reads right from that text (``seen`
     python scripts/diagnostics/sight_probe.py --steps 3000 --every 250 --threads 2
     python scripts/diagnostics/sight_probe.py --steps 600 --lr 2e-3 --tasks NumberLine Blackjack
     python scripts/diagnostics/sight_probe.py --steps 20 --every 10 --bf16     # seconds per update under autocast
+    python scripts/diagnostics/sight_probe.py --answer-updates 5 [--bf16]     # step 2's seconds per update, and exit
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ import torch
 
 from vlmq_core import reading as rd
 from vlmq_core.model import ModelConfig, load_backbone
-from vlmq_core.sight import SightConfig, caption_targets, one_cycle, pad_id, seen_text, train_caption_step
+from vlmq_core.sight import (
+    SightConfig,
+    caption_targets,
+    one_cycle,
+    pad_id,
+    seen_text,
+    train_answer_step,
+    train_caption_step,
+)
 from vlmq_core.vision import TowerConfig, assemble, image_embeddings, vision_modules
 
 
@@ -34,6 +43,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=TowerConfig.layers)
     ap.add_argument("--hidden", type=int, default=TowerConfig.hidden_size)
     ap.add_argument("--bf16", action="store_true", help="run each update under bfloat16 autocast (AVX512-BF16, AMX)")
+    ap.add_argument("--answer-updates", type=int, default=0, help="only time this many step-2 updates, then exit")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lm, tok, _ = load_backbone(ModelConfig(name="embedded", dtype="float32", device="cpu"))
@@ -46,6 +56,14 @@ def main() -> None:
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    if args.answer_updates:
+        vlm.train()
+        for step in range(args.answer_updates):
+            t0 = time.time()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                row = train_answer_step(vlm, proc, cfg, step, opt)
+            print(f"step-2 update {step + 1}: {time.time() - t0:.2f} s, loss {row['loss']:.3f}", flush=True)
+        return
     sched = one_cycle(opt, args.steps, args.lr)
     held = [rd.reading(t, rd.HELD_OUT_SEED + i) for i in range(args.held_out) for t in cfg.tasks]
     ids = caption_targets(tok, [r.caption for r in held], tower.image_tokens)
