@@ -1,5 +1,6 @@
 """Notebooks smoke-run through papermill on a tiny local model folder, checked against what they saved."""
 
+import dataclasses
 import json
 import math
 import re
@@ -14,6 +15,7 @@ from vlmq_core.inspector import filter_summary
 from vlmq_core.model import load_checkpoint
 from vlmq_core.run import RunConfig
 from vlmq_core.rundir import load_history
+from vlmq_core.tiny import TINY_TOWER
 
 papermill = pytest.importorskip("papermill")
 ROOT = Path(__file__).resolve().parents[1]
@@ -385,7 +387,7 @@ def test_00_embedded_vlm_trains_a_tiny_tower_and_its_numbers_and_weights_are_wha
     from vlmq_core.sight import reading_accuracy
     from vlmq_core.vision import assemble, read_vision
 
-    tower = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "layers": 1, "heads": 2, "intermediate_size": 64}
+    tower = dataclasses.asdict(TINY_TOWER)  # the tiny tower the unit tests use, as a notebook parameter
     metrics_path = tmp_path / "metrics.json"
     figures = run_notebook(
         "00_embedded_vlm",
