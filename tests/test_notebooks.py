@@ -403,8 +403,9 @@ def test_00_embedded_vlm_trains_a_tiny_tower_and_its_numbers_and_weights_are_wha
         out_dir=str(tmp_path / "run"),
         metrics_path=str(metrics_path),
     )
-    assert figures == 4  # the training curves and the three reading figures
+    assert figures == 5  # the training curves, the held-out checks and the three reading figures
     m = json.loads(metrics_path.read_text())
+    assert [c["step"] for c in m["checks"]] == [3] and set(m["checks"][0]) >= {"tokens", "NumberLine/current"}
     assert m["tower"] == tower and m["shipped"] is None and m["log_tail"][-1] == {**m["log_tail"][-1], "stage": 2}
     saved, state, info = read_vision(tmp_path / "run" / "weights")
     assert vars(saved) == tower and info["built_by"] == "notebooks/00_embedded_vlm.ipynb"

@@ -1,6 +1,7 @@
 """The embedded VLM's parts on tiny models: assembly, stored vision weights, the two training steps, the reading
 test and an AFSFT update from images (the real model's loading is in test_vision_embedded.py)."""
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -92,6 +93,20 @@ def test_tower_and_sight_settings_are_refused_in_one_sentence():
     with pytest.raises(ConfigError, match=r"^sight.tasks: no renders to read for \['MiniWoB-click-button'\]"):
         SightConfig(tasks=["MiniWoB-click-button"])
     assert SightConfig(tower={"layers": 2}).tower == TowerConfig(layers=2)
+    with pytest.raises(ConfigError, match=r"^sight.check_renders must be >= 1, not 0\.$"):
+        SightConfig(check_renders=0)
+
+
+def test_sight_under_bf16_autocast_keeps_float32_weights_and_learns(tmp_path):
+    cfg = SightConfig(tasks=["NumberLine"], tower=TINY_TOWER, caption_steps=3, caption_batch=2, answer_steps=1,
+                      answer_batch=1, bf16=True, check_renders=1)  # fmt: skip
+    vlm, proc = tiny_embedded_vlm()
+    before = {k: v.detach().clone() for k, v in vision_params(vlm).items()}
+    log = train_sight(vlm, proc, cfg, tmp_path, progress=False)
+    assert [r["stage"] for r in log] == [1, 1, 1, "check", 2]
+    assert all(math.isfinite(r["loss"]) for r in log if r["stage"] != "check")
+    assert {v.dtype for v in vision_params(vlm).values()} == {torch.float32}
+    assert any(not torch.equal(v, before[k]) for k, v in vision_params(vlm).items())
 
 
 def test_caption_loss_is_least_at_the_caption_embeddings():
@@ -128,12 +143,18 @@ def test_sight_trains_only_the_vision_resumes_after_a_kill_and_is_scored(tmp_pat
         caption_batch=4,
         answer_steps=2,
         answer_batch=2,
+        check_every=2,
+        check_renders=2,
     )
     straight, proc = tiny_embedded_vlm()
     lm_before = {k: v.clone() for k, v in straight.model.language_model.state_dict().items()}
     vision_before = {k: v.detach().clone() for k, v in vision_params(straight).items()}
     log = train_sight(straight, proc, cfg, tmp_path / "a", every=1, progress=False)
-    assert [(r["stage"], r["step"]) for r in log] == [(1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2)]
+    steps = [(1, 1), (1, 2), ("check", 2), (1, 3), (1, 4), ("check", 4), (2, 1), (2, 2)]
+    assert [(r["stage"], r["step"]) for r in log] == steps
+    check = log[2]
+    assert {"tokens", "NumberLine", "NumberLine/target", "Blackjack/dealer"} <= set(check)
+    assert all(0 <= v <= 1 for k, v in check.items() if k not in ("stage", "step"))
     for k, v in straight.model.language_model.state_dict().items():
         assert torch.equal(v, lm_before[k]), k
     unchanged = [k for k, v in vision_params(straight).items() if torch.equal(v, vision_before[k])]
@@ -169,7 +190,9 @@ def test_sight_trains_only_the_vision_resumes_after_a_kill_and_is_scored(tmp_pat
         train_sight(tiny_embedded_vlm()[0], proc2, replace(cfg, answer_steps=3), tmp_path / "b", progress=False)
     resumed, proc3 = tiny_embedded_vlm()
     log2 = train_sight(resumed, proc3, cfg, tmp_path / "b", every=1, progress=False)
-    assert [r["loss"] for r in log2] == pytest.approx([r["loss"] for r in log], rel=1e-5)
+    assert [r.get("loss", r.get("tokens")) for r in log2] == pytest.approx(
+        [r.get("loss", r.get("tokens")) for r in log], rel=1e-5
+    )
     for k, v in vision_state_dict(resumed).items():
         torch.testing.assert_close(v, vision_state_dict(straight)[k])
 
