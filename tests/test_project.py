@@ -294,7 +294,6 @@ def test_the_core_has_no_import_cycle_and_online_sits_below_run():
 MAX_NOTEBOOK_BYTES = 1_500_000
 """Issue 31's goal for every committed executed notebook."""
 NOT_YET_RE_EXECUTED = {
-    "03_offline_afsft_ezpoints.ipynb",
     "03_offline_afsft_points24.ipynb",
 }
 """Executed before issue 31's static pictures (5.2-5.9 MB, plotly.js inside); strict xfail, so each must leave this
