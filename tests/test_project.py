@@ -293,23 +293,9 @@ def test_the_core_has_no_import_cycle_and_online_sits_below_run():
 
 MAX_NOTEBOOK_BYTES = 1_500_000
 """Issue 31's goal for every committed executed notebook."""
-NOT_YET_RE_EXECUTED = {
-    "03_offline_afsft_points24.ipynb",
-}
-"""Executed before issue 31's static pictures (5.2-5.9 MB, plotly.js inside); strict xfail, so each must leave this
-set in the commit that re-executes it."""
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="not re-executed yet (issue 31)"))
-        if p.name in NOT_YET_RE_EXECUTED
-        else p
-        for p in sorted(ROOT.glob("nbs_outputs/*.ipynb"))
-    ],
-    ids=lambda p: p.name,
-)
+@pytest.mark.parametrize("path", sorted(ROOT.glob("nbs_outputs/*.ipynb")), ids=lambda p: p.name)
 def test_committed_executed_notebooks_read_without_javascript_and_stay_small(path):
     """What a code host, nbviewer or a mail shows of each executed notebook: under 1.5 MB, a PNG behind every plotly
     figure, no plotly.js, no saved widget (progress ends as text: no bar saved at 0%)."""
