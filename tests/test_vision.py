@@ -13,8 +13,10 @@ from vlmq_core.model import VISION_WEIGHTS, ModelConfig, ModelLoadError, Policy,
 from vlmq_core.sight import (
     SightConfig,
     answer_inputs,
+    caption_labels,
     caption_loss,
     caption_targets,
+    monotonic_caption_loss,
     nearest_tokens,
     reading_accuracy,
     train_sight,
@@ -109,6 +111,51 @@ def test_sight_under_bf16_autocast_keeps_float32_weights_and_learns(tmp_path):
     assert any(not torch.equal(v, before[k]) for k, v in vision_params(vlm).items())
 
 
+def test_monotonic_alignment_puts_spaces_only_where_the_caption_has_them():
+    table = torch.randn(50, 8)
+    scale = table.pow(2).mean().item()
+    labels = torch.tensor([[3, 4, 9, 7], [5, 6, 7, 7]])  # 7: the space (the second caption is two tokens long)
+    lengths = torch.tensor([3, 2])
+    spaced = torch.tensor([[True, False, True, True, True], [True, True, True, True, True]])  # "3|4": no gap
+    e = table[torch.tensor([[7, 3, 4, 7, 9, 7], [5, 7, 7, 6, 7, 7]])]  # each caption, in order, spaces between
+    good, parts = monotonic_caption_loss(e, labels, lengths, spaced, table, pad_id=7, scale=scale)
+    assert parts["token_acc"] == 1.0 and good.item() < 0.05
+    split = table[torch.tensor([[3, 7, 4, 9, 7, 7], [5, 6, 7, 7, 7, 7]])]  # a space inside "34": not a reading
+    assert monotonic_caption_loss(split, labels, lengths, spaced, table, pad_id=7, scale=scale)[0] > good + 1
+    wrong = table[torch.tensor([[7, 3, 8, 7, 9, 7], [5, 7, 7, 6, 7, 7]])]
+    bad, parts = monotonic_caption_loss(wrong, labels, lengths, spaced, table, pad_id=7, scale=scale)
+    assert bad > good + 0.5 and parts["token_acc"] == 0.8  # (per caption token: one of five wrong)
+    e = e.clone().requires_grad_(True)
+    monotonic_caption_loss(e + 0.3, labels, lengths, spaced, table, pad_id=7, scale=scale)[0].backward()
+    assert torch.isfinite(e.grad).all() and e.grad.abs().sum() > 0
+
+
+def test_caption_labels_open_gaps_at_the_captions_whitespace():
+    _, proc = tiny_embedded_vlm()
+    tok = proc.tokenizer
+    labels, lengths, spaced = caption_labels(tok, ["Target: 19. Current: 4.", "Cards: 3"], 196)
+    for b, text in enumerate(["Target: 19. Current: 4.", "Cards: 3"]):
+        ids = labels[b, : lengths[b]].tolist()
+        assert tok.decode(ids) == text
+        pieces = [tok.decode([i]) for i in ids]
+        gaps = {"".join(pieces[:j]) for j in range(1, len(ids)) if spaced[b, j]}
+        assert all(g.endswith(" ") or text[len(g)] == " " for g in gaps)  # a gap only at the caption's spaces
+        assert spaced[b, 0] and spaced[b, lengths[b] :].all()
+
+
+def test_sight_with_monotonic_alignment_trains_and_is_scored(tmp_path):
+    cfg = SightConfig(tasks=["NumberLine", "Blackjack"], tower=TINY_TOWER, caption_steps=2, caption_batch=2,
+                      answer_steps=0, alignment="monotonic", check_renders=1)  # fmt: skip
+    vlm, proc = tiny_embedded_vlm()
+    log = train_sight(vlm, proc, cfg, tmp_path, progress=False)
+    assert [r["stage"] for r in log] == [1, 1, "check"] and all(math.isfinite(r["loss"]) for r in log[:2])
+    assert 0 <= log[-1]["tokens"] <= 1 and "Blackjack/dealer" in log[-1]
+    scores = reading_accuracy(vlm, proc, ["NumberLine"], per_task=2, alignment="monotonic")
+    assert scores["NumberLine"]["seen/target"]["n"] == 2
+    with pytest.raises(ConfigError, match=r"^sight.alignment must be one of fixed, monotonic, not 'ctc'\.$"):
+        SightConfig(alignment="ctc")
+
+
 def test_caption_loss_is_least_at_the_caption_embeddings():
     _, tok = tiny_llama()
     table = torch.randn(50, 8)
@@ -188,6 +235,9 @@ def test_sight_trains_only_the_vision_resumes_after_a_kill_and_is_scored(tmp_pat
     monkeypatch.setattr(sight, "train_answer_step", answer_step)
     with pytest.raises(ValueError, match="holds a run of other settings \\(answer_steps differ\\)"):
         train_sight(tiny_embedded_vlm()[0], proc2, replace(cfg, answer_steps=3), tmp_path / "b", progress=False)
+    saved = torch.load(tmp_path / "b" / "sight.pt", weights_only=True)
+    del saved["config"]["alignment"]  # a run begun before the setting existed resumes with its default
+    torch.save(saved, tmp_path / "b" / "sight.pt")
     resumed, proc3 = tiny_embedded_vlm()
     log2 = train_sight(resumed, proc3, cfg, tmp_path / "b", every=1, progress=False)
     assert [r.get("loss", r.get("tokens")) for r in log2] == pytest.approx(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,9 @@ from vlmq_core import reading as rd
 from vlmq_core.config import ConfigError, check_fields, require
 from vlmq_core.progress import bar as progress_bar
 from vlmq_core.vision import TowerConfig, image_embeddings, load_vision_state, vision_modules, vision_state_dict
+
+ALIGNMENTS = ("fixed", "monotonic")
+"""Step 1's ways of placing a caption among the image positions (:attr:`SightConfig.alignment`)."""
 
 
 @dataclass
@@ -54,6 +58,11 @@ class SightConfig:
     """Peak learning rate of step 2."""
     seed: int = 0
     """Initialisation of the tower and projector (the renders' seeds follow from the step)."""
+    alignment: str = "fixed"
+    """Where step 1 puts the caption's tokens among the image positions: ``fixed``, token i at position i (the
+    first positions carry the caption, the rest a space; :func:`caption_loss`); ``monotonic``, each token at one
+    position of the tower's choosing, in the caption's order, spaces between (:func:`monotonic_caption_loss`),
+    so a token can sit near what shows it instead of being routed to the image's first row."""
     bf16: bool = False
     """Run each update under bfloat16 autocast (weights and optimiser stay float32): on a CPU with AVX512-BF16 or
     AMX a step-1 update takes about two thirds of the time (0.57 s against 0.88 s on a 2-core EPYC); elsewhere it
@@ -77,6 +86,8 @@ class SightConfig:
             (lambda v: v >= 0, ">= 0"),
             (lambda v: v > 0, "> 0"),
         )
+        if self.alignment not in ALIGNMENTS:
+            raise ConfigError(f"sight.alignment must be one of {', '.join(ALIGNMENTS)}, not {self.alignment!r}.")
         require(
             self,
             "sight.",
@@ -127,6 +138,85 @@ def caption_loss(
         hit = cand[nearest_tokens(e, table[cand])] == ids  # nearest among the batch's tokens (cheap)
         acc = hit[real].float().mean().item() if real.any() else 1.0
     return ce + mse, {"ce": ce.item(), "mse": mse.item(), "token_acc": acc}
+
+
+NO_PATH = -1e4
+"""Log-probability standing for an impossible alignment (finite: logaddexp of two -inf has no gradient)."""
+
+
+def monotonic_caption_loss(
+    e: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, spaced: torch.Tensor, table: torch.Tensor,
+    pad_id: int, scale: float, tau: float = 0.1,
+) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """Step 1's loss with ``alignment: monotonic`` (ours): every caption token is carried by exactly one image
+    position, in the caption's order, the positions between by a space (`pad_id`); which positions is left to the
+    tower, and the loss sums over all such alignments (a CTC whose blank is the space and whose repeats are not
+    merged, since the language model reads every position). Spaces may only widen a gap the caption has: `spaced`
+    (B, L + 1) says where (before token j, :func:`caption_labels`), so "19" stays two neighbouring positions and is
+    never read "1 9". e (B, N, d) the projector's outputs, labels (B, L) the captions' token ids (anything past
+    `lengths` (B,) is ignored, each length <= N), table (V, d) the frozen input embeddings, scale their mean
+    square. Per position a distribution over the batch's tokens and the space, with
+    logits ``-|e - E_c|^2 / (d scale tau)``, so the likeliest row is also the nearest (what the language model reads
+    is pulled onto it). Loss: the alignment-summed negative log-likelihood per caption token. ``token_acc``: the
+    share of caption tokens that the positions' nearest rows (among the batch's, spaces dropped) give in order."""
+    B, N, d = e.shape
+    L = labels.shape[1]
+    cand, local = torch.unique(torch.cat([labels.reshape(-1), labels.new_tensor([pad_id])]), return_inverse=True)
+    lab, blank = local[:-1].view(B, L), int(local[-1])
+    rows = table[cand].float()
+    ef = e.float()
+    dist = (ef.pow(2).sum(-1, keepdim=True) - 2 * ef @ rows.T + rows.pow(2).sum(-1)) / (d * scale)
+    lp = F.log_softmax(-dist / tau, dim=-1)  # (B, N, C)
+    lp_blank = lp[..., blank]  # (B, N)
+    lp_lab = torch.gather(lp, 2, lab.unsqueeze(1).expand(B, N, L))  # (B, N, L)
+    alpha = torch.full((B, L + 1), NO_PATH, device=e.device)
+    alpha[:, 0] = 0.0  # alpha[:, j]: log-probability that the positions so far carry the first j tokens
+    none = alpha.new_full((B, 1), NO_PATH)
+    closed = torch.where(spaced, 0.0, NO_PATH).to(alpha)  # a space where the caption has none: impossible
+    for t in range(N):
+        stay = alpha + lp_blank[:, t : t + 1] + closed
+        alpha = torch.logaddexp(stay, torch.cat([none, alpha[:, :-1] + lp_lab[:, t]], 1))
+    ll = alpha.gather(1, lengths.view(B, 1)).squeeze(1)
+    loss = -(ll / lengths.clamp(min=1)).mean()
+    with torch.no_grad():
+        got = cand[lp.argmax(-1)]
+        acc = _in_order(got, labels, lengths, pad_id)
+    return loss, {"nll": loss.item(), "token_acc": acc}
+
+
+def _in_order(got: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, pad_id: int) -> float:
+    """The share of the captions' non-space tokens that `got` (B, N) gives at the same rank once spaces are dropped."""
+    hit = total = 0
+    for row, want, n in zip(got.tolist(), labels.tolist(), lengths.tolist(), strict=True):
+        said = [t for t in row if t != pad_id]
+        want = [t for t in want[:n] if t != pad_id]
+        hit += sum(a == b for a, b in zip(said, want, strict=False))
+        total += len(want)
+    return hit / max(1, total)
+
+
+def caption_labels(
+    tokenizer, captions: Sequence[str], positions: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For :func:`monotonic_caption_loss`: (B, L) token ids of each caption cut at `positions` (space-padded to the
+    longest), (B,) their lengths, and (B, L + 1) where a space may go: before token j when the caption has
+    whitespace there (token j starts with it or token j-1 ends with it), before the first token and after the
+    last."""
+    rows = [tokenizer(text, add_special_tokens=False).input_ids[:positions] for text in captions]
+    longest = max(len(r) for r in rows)
+    pad = pad_id(tokenizer)
+    spaced = torch.zeros(len(rows), longest + 1, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        pieces = [tokenizer.decode([t]) for t in r]
+        spaced[b, 0] = True
+        spaced[b, len(r) :] = True
+        for j in range(1, len(r)):
+            spaced[b, j] = pieces[j][:1].isspace() or pieces[j - 1][-1:].isspace()
+    return (
+        torch.tensor([r + [pad] * (longest - len(r)) for r in rows], dtype=torch.long),
+        torch.tensor([len(r) for r in rows], dtype=torch.long),
+        spaced,
+    )
 
 
 def nearest_tokens(e: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -206,11 +296,20 @@ def train_caption_step(
     batch = _round(cfg, 1, step, cfg.caption_batch)
     mods = vision_modules(vlm)
     x = _pixels(processor, [r.image for r in batch]).to(next(mods["vision_tower"].parameters()).dtype)
-    ids = caption_targets(processor.tokenizer, [r.caption for r in batch], cfg.tower.image_tokens)
+    captions = [r.caption for r in batch]
+    if cfg.alignment == "fixed":
+        ids = caption_targets(processor.tokenizer, captions, cfg.tower.image_tokens)
+    else:
+        labels, lengths, spaced = caption_labels(processor.tokenizer, captions, cfg.tower.image_tokens)
     data_seconds = time.perf_counter() - t0
     e = image_embeddings(vlm, x)
     table = vlm.get_input_embeddings().weight.detach()
-    loss, parts = caption_loss(e, ids, table, pad_id(processor.tokenizer), scale)
+    if scale is None:
+        scale = table.float().pow(2).mean().item()
+    if cfg.alignment == "fixed":
+        loss, parts = caption_loss(e, ids, table, pad_id(processor.tokenizer), scale)
+    else:
+        loss, parts = monotonic_caption_loss(e, labels, lengths, spaced, table, pad_id(processor.tokenizer), scale)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for m in mods.values() for p in m.parameters()], 1.0)
@@ -254,6 +353,8 @@ def train_sight(
     ckpt = folder / "sight.pt"
     state = torch.load(ckpt, weights_only=True) if ckpt.is_file() else None
     settings = asdict(cfg)
+    if state is not None:  # a setting added since the run began counts as its default
+        state["config"] = {**asdict(SightConfig()), **state["config"]}
     if state is not None and state["config"] != settings:
         changed = sorted(k for k in settings if state["config"].get(k) != settings[k])
         raise ValueError(
@@ -292,7 +393,7 @@ def train_sight(
                 pbar.set_postfix_str(f"loss {row['loss']:.3f}", refresh=False)
                 if stage == 1 and cfg.check_every and ((step + 1) % cfg.check_every == 0 or step + 1 == steps):
                     vlm.eval()
-                    check = seen_check(vlm, processor, cfg.tasks, cfg.check_renders)
+                    check = seen_check(vlm, processor, cfg.tasks, cfg.check_renders, alignment=cfg.alignment)
                     vlm.train()
                     log.append({"stage": "check", "step": step + 1, **check})
                     if progress:
@@ -378,25 +479,45 @@ def seen_ids(vlm: nn.Module, processor, images: Sequence[object], batch: int = 1
     return torch.cat(out)
 
 
-def seen_text(vlm: nn.Module, processor, images: Sequence[object], batch: int = 16) -> list[str]:
+def seen_text(
+    vlm: nn.Module, processor, images: Sequence[object], batch: int = 16, alignment: str = "fixed"
+) -> list[str]:
     """The text the image positions carry (:func:`seen_ids` decoded, trailing padding dropped). What step 1
     trains; the language model plays no part."""
-    return [t.rstrip() for t in processor.tokenizer.batch_decode(seen_ids(vlm, processor, images, batch))]
+    return [_spaced(t, alignment) for t in processor.tokenizer.batch_decode(seen_ids(vlm, processor, images, batch))]
+
+
+def _spaced(text: str, alignment: str) -> str:
+    """Decoded image positions as the caption they stand for: trailing spaces dropped; with ``monotonic``
+    alignment the spaces it puts in gaps are collapsed too (one space, none at a line's ends)."""
+    if alignment == "monotonic":
+        text = "\n".join(re.sub(" {2,}", " ", line).strip(" ") for line in text.split("\n"))
+    return text.rstrip()
 
 
 def seen_check(
-    vlm: nn.Module, processor, tasks: Sequence[str], per_task: int, start: int = rd.HELD_OUT_SEED
+    vlm: nn.Module,
+    processor,
+    tasks: Sequence[str],
+    per_task: int,
+    start: int = rd.HELD_OUT_SEED,
+    alignment: str = "fixed",
 ) -> dict[str, float]:
     """Step 1's progress on `per_task` held-out renders per task (seeds from `start`), without the language model:
-    ``tokens``, the share of caption tokens (within the image's positions) that their image position carries
-    exactly; ``<task>``, the share of renders whose every field parses right from :func:`seen_text`; and
+    ``tokens``, the share of caption tokens (within the image's positions; spaces aside) that the image positions
+    carry exactly (``fixed``: at their own position; ``monotonic``: at their rank once spaces are dropped);
+    ``<task>``, the share of renders whose every field parses right from :func:`seen_text`; and
     ``<task>/<field>``, the share per field."""
     rs = _held_out(tuple(tasks), per_task, start)
     ids = seen_ids(vlm, processor, [r.image for r in rs])
-    target = caption_targets(processor.tokenizer, [r.caption for r in rs], ids.shape[1])
-    real = target != pad_id(processor.tokenizer)
-    out = {"tokens": (ids == target)[real].float().mean().item()}
-    texts = [t.rstrip() for t in processor.tokenizer.batch_decode(ids)]
+    pad = pad_id(processor.tokenizer)
+    if alignment == "fixed":
+        target = caption_targets(processor.tokenizer, [r.caption for r in rs], ids.shape[1])
+        out = {"tokens": (ids == target)[target != pad].float().mean().item()}
+    else:
+        labels, lengths, _ = caption_labels(processor.tokenizer, [r.caption for r in rs], ids.shape[1])
+        out = {"tokens": _in_order(ids, labels, lengths, pad)}
+    texts = [_spaced(t, alignment) for t in processor.tokenizer.batch_decode(ids)]
     for task in tasks:
         got = [(r, rd.fields(task, t)) for r, t in zip(rs, texts, strict=True) if r.task == task]
         out[task] = sum(g == r.fields for r, g in got) / len(got)
@@ -424,6 +545,7 @@ def reading_accuracy(
     per_task: int,
     start: int = rd.HELD_OUT_SEED,
     from_text: bool = False,
+    alignment: str = "fixed",
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Exact-match accuracy per task and field on `per_task` held-out renders (seeds from `start`), three ways:
     ``seen`` parses the fields of the text the image positions carry (each position's nearest token in the whole
@@ -431,7 +553,8 @@ def reading_accuracy(
     (:data:`reading.TRANSCRIBE`), ``asked`` asks one question per field. Each entry: ``{"acc": fraction, "se":
     standard error, "n": count, "majority": the rate of always giving the commonest true value}``. With
     `from_text` the model gets each caption as text instead of the image (``Image: <caption>`` before the
-    question): how well its language model reads the words alone."""
+    question): how well its language model reads the words alone. `alignment`: the tower's step-1 alignment
+    (:attr:`SightConfig.alignment`), which says how ``seen`` turns positions into text."""
 
     def shown(r: rd.Reading, question: str) -> tuple[object, str]:
         return (None, f"Image: {r.caption}\n{question}") if from_text else (r.image, question)
@@ -445,7 +568,7 @@ def reading_accuracy(
         ways = (
             [("read", said)]
             if from_text
-            else [("seen", seen_text(vlm, processor, [r.image for r in rs])), ("read", said)]
+            else [("seen", seen_text(vlm, processor, [r.image for r in rs], alignment=alignment)), ("read", said)]
         )
         for way, texts in ways:
             for r, text in zip(rs, texts, strict=True):

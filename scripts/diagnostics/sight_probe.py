@@ -8,6 +8,7 @@ from that text (``seen`` in notebook 00); --fields adds the share per field.
 
     python scripts/diagnostics/sight_probe.py --steps 3000 --every 500 --bf16
     python scripts/diagnostics/sight_probe.py --steps 600 --lr 2e-3 --tasks NumberLine Blackjack --folder runs/p1
+    python scripts/diagnostics/sight_probe.py --steps 3000 --bf16 --alignment monotonic --folder runs/p_mono
     python scripts/diagnostics/sight_probe.py --answer-updates 5 [--bf16]     # step 2's seconds per update, and exit
 """
 
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="*", default=list(rd.TASKS))
     ap.add_argument("--layers", type=int, default=TowerConfig.layers)
     ap.add_argument("--hidden", type=int, default=TowerConfig.hidden_size)
+    ap.add_argument("--alignment", choices=["fixed", "monotonic"], default="fixed", help="step 1's caption placement")
     ap.add_argument("--bf16", action="store_true", help="run each update under bfloat16 autocast (AVX512-BF16, AMX)")
     ap.add_argument("--folder", default="runs/sight_probe", help="checkpoint folder (resumes a run of equal settings)")
     ap.add_argument("--fields", action="store_true", help="print each check's share per field too")
@@ -51,6 +53,7 @@ def main() -> None:
         caption_batch=args.batch,
         caption_lr=args.lr,
         answer_steps=0,
+        alignment=args.alignment,
         bf16=args.bf16,
         check_every=args.every,
         check_renders=args.held_out,
