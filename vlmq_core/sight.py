@@ -207,16 +207,24 @@ def caption_labels(
     pad = pad_id(tokenizer)
     spaced = torch.zeros(len(rows), longest + 1, dtype=torch.bool)
     for b, r in enumerate(rows):
-        pieces = [tokenizer.decode([t]) for t in r]
+        edges = [_whitespace_edges(tokenizer, t) for t in r]
         spaced[b, 0] = True
         spaced[b, len(r) :] = True
         for j in range(1, len(r)):
-            spaced[b, j] = pieces[j][:1].isspace() or pieces[j - 1][-1:].isspace()
+            spaced[b, j] = edges[j][0] or edges[j - 1][1]
     return (
         torch.tensor([r + [pad] * (longest - len(r)) for r in rows], dtype=torch.long),
         torch.tensor([len(r) for r in rows], dtype=torch.long),
         spaced,
     )
+
+
+@functools.cache
+def _whitespace_edges(tokenizer, token: int) -> tuple[bool, bool]:
+    """Whether `token` decodes to text that starts, and that ends, with whitespace (decoded once per token: the
+    captions of every update reuse a few hundred)."""
+    piece = tokenizer.decode([token])
+    return piece[:1].isspace(), piece[-1:].isspace()
 
 
 def nearest_tokens(e: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
