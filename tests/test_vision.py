@@ -1,6 +1,7 @@
 """The embedded VLM's parts on tiny models: assembly, stored vision weights, the two training steps, the reading
 test and an AFSFT update from images (the real model's loading is in test_vision_embedded.py)."""
 
+import itertools
 import math
 from dataclasses import replace
 
@@ -128,6 +129,33 @@ def test_monotonic_alignment_puts_spaces_only_where_the_caption_has_them():
     e = e.clone().requires_grad_(True)
     monotonic_caption_loss(e + 0.3, labels, lengths, spaced, table, pad_id=7, scale=scale)[0].backward()
     assert torch.isfinite(e.grad).all() and e.grad.abs().sum() > 0
+
+
+def test_monotonic_likelihood_is_the_probability_of_reading_the_caption():
+    # Brute force over every output of 5 positions: the alignment sum must equal the total probability of the
+    # outputs that read as the caption, even when the caption holds a space token of its own (7 here, as SmolLM2
+    # writes " 9" as " " then "9"): counting one reading twice would let the likelihood pass 1.
+    torch.manual_seed(0)
+    table = torch.randn(10, 6)
+    scale = table.pow(2).mean().item()
+    labels, lengths = torch.tensor([[3, 7, 4]]), torch.tensor([3])  # "3", " ", "4"
+    spaced = torch.tensor([[True, True, True, True]])  # spaces around the caption and at its own gap
+    e = torch.randn(1, 5, 6) * 0.3 + table[torch.tensor([[7, 3, 7, 4, 7]])]
+    loss, _ = monotonic_caption_loss(e, labels, lengths, spaced, table, pad_id=7, scale=scale, tau=1.0)
+    cand = [3, 4, 7]
+    dist = torch.cdist(e[0], table[cand]).pow(2) / (6 * scale)
+    p = torch.softmax(-dist, -1)  # (5, 3): each position's distribution over the batch's tokens and the space
+
+    def reads(out: tuple[int, ...]) -> bool:  # the caption, in order, with one or more spaces only at its gaps
+        text = "".join({3: "3", 4: "4", 7: " "}[t] for t in out)
+        return text.strip(" ").replace(" " * 2, " ").replace(" " * 2, " ") == "3 4"
+
+    total = sum(
+        math.prod(p[t, cand.index(o)].item() for t, o in enumerate(out))
+        for out in itertools.product(cand, repeat=5)
+        if reads(out)
+    )
+    assert math.isclose(math.exp(-3 * loss.item()), total, rel_tol=1e-4)
 
 
 def test_caption_labels_open_gaps_at_the_captions_whitespace():

@@ -157,8 +157,10 @@ def monotonic_caption_loss(
     `lengths` (B,) is ignored, each length <= N), table (V, d) the frozen input embeddings, scale their mean
     square. Per position a distribution over the batch's tokens and the space, with
     logits ``-|e - E_c|^2 / (d scale tau)``, so the likeliest row is also the nearest (what the language model reads
-    is pulled onto it). Loss: the alignment-summed negative log-likelihood per caption token. ``token_acc``: the
-    share of caption tokens that the positions' nearest rows (among the batch's, spaces dropped) give in order."""
+    is pulled onto it). Every reading has one alignment (a caption's own space token takes the first space of its
+    gap), so the likelihood is a probability. Loss: the alignment-summed negative log-likelihood per caption token.
+    ``token_acc``: the share of caption tokens that the positions' nearest rows (among the batch's, spaces dropped)
+    give in order."""
     B, N, d = e.shape
     L = labels.shape[1]
     cand, local = torch.unique(torch.cat([labels.reshape(-1), labels.new_tensor([pad_id])]), return_inverse=True)
@@ -172,7 +174,12 @@ def monotonic_caption_loss(
     alpha = torch.full((B, L + 1), NO_PATH, device=e.device)
     alpha[:, 0] = 0.0  # alpha[:, j]: log-probability that the positions so far carry the first j tokens
     none = alpha.new_full((B, 1), NO_PATH)
-    closed = torch.where(spaced, 0.0, NO_PATH).to(alpha)  # a space where the caption has none: impossible
+    # A space where the caption has none is impossible; so is one standing for nothing before a caption token that
+    # is itself a space (" 9" is " " then "9"): that position must carry the token, or two alignments would
+    # count the same reading and the likelihood could pass 1.
+    own_space = (labels == pad_id) & (torch.arange(L, device=e.device) < lengths.view(B, 1))
+    open_ = spaced & ~torch.cat([own_space, own_space.new_zeros(B, 1)], 1)
+    closed = torch.where(open_, 0.0, NO_PATH).to(alpha)
     for t in range(N):
         stay = alpha + lp_blank[:, t : t + 1] + closed
         alpha = torch.logaddexp(stay, torch.cat([none, alpha[:, :-1] + lp_lab[:, t]], 1))
