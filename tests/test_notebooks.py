@@ -411,7 +411,9 @@ def test_00_embedded_vlm_trains_a_tiny_tower_and_its_numbers_and_weights_are_wha
     assert vars(saved) == tower and info["built_by"] == "notebooks/00_embedded_vlm.ipynb"
     lm, tok, _ = load_backbone(ModelConfig(name=tiny_folders["llama"], dtype="float32", device="cpu"))
     vlm, processor = assemble(lm, tok, saved, state)
-    again = reading_accuracy(vlm, processor, ["NumberLine", "BabyAI-GoToLocal"], per_task=2)
+    again = reading_accuracy(
+        vlm, processor, ["NumberLine", "BabyAI-GoToLocal"], per_task=2, alignment=info["sight"]["alignment"]
+    )
     image = m["scores"]["image (embedded-vlm)"]
     assert {t: {k: v["acc"] for k, v in row.items()} for t, row in again.items()} == {
         t: {k: v["acc"] for k, v in row.items()} for t, row in image.items()

@@ -220,6 +220,7 @@ def test_sight_trains_only_the_vision_resumes_after_a_kill_and_is_scored(tmp_pat
         answer_batch=2,
         check_every=2,
         check_renders=2,
+        alignment="fixed",  # (monotonic's own test is above; the resume below is of a run begun before it)
     )
     straight, proc = tiny_embedded_vlm()
     lm_before = {k: v.clone() for k, v in straight.model.language_model.state_dict().items()}
@@ -264,7 +265,7 @@ def test_sight_trains_only_the_vision_resumes_after_a_kill_and_is_scored(tmp_pat
     with pytest.raises(ValueError, match="holds a run of other settings \\(answer_steps differ\\)"):
         train_sight(tiny_embedded_vlm()[0], proc2, replace(cfg, answer_steps=3), tmp_path / "b", progress=False)
     saved = torch.load(tmp_path / "b" / "sight.pt", weights_only=True)
-    del saved["config"]["alignment"]  # a run begun before the setting existed resumes with its default
+    del saved["config"]["alignment"]  # a run begun before the setting existed was fixed, the default since changed
     torch.save(saved, tmp_path / "b" / "sight.pt")
     resumed, proc3 = tiny_embedded_vlm()
     log2 = train_sight(resumed, proc3, cfg, tmp_path / "b", every=1, progress=False)

@@ -58,11 +58,13 @@ class SightConfig:
     """Peak learning rate of step 2."""
     seed: int = 0
     """Initialisation of the tower and projector (the renders' seeds follow from the step)."""
-    alignment: str = "fixed"
-    """Where step 1 puts the caption's tokens among the image positions: ``fixed``, token i at position i (the
-    first positions carry the caption, the rest a space; :func:`caption_loss`); ``monotonic``, each token at one
-    position of the tower's choosing, in the caption's order, spaces between (:func:`monotonic_caption_loss`),
-    so a token can sit near what shows it instead of being routed to the image's first row."""
+    alignment: str = "monotonic"
+    """Where step 1 puts the caption's tokens among the image positions: ``monotonic`` (ours, the shipped
+    weights'), each token at one position of the tower's choosing, in the caption's order, spaces between
+    (:func:`monotonic_caption_loss`), so a token can sit near what shows it; ``fixed``, token i at position i (the
+    first positions carry the caption, the rest a space; :func:`caption_loss`), which must route every card's index
+    to the image's first row. After 3000 updates on 8 held-out renders per task, monotonic read every field of
+    8/8 EZPoints and GoToObj renders where fixed read 1/8 and 2/8 (``docs/PAPER_MAP.md``)."""
     bf16: bool = False
     """Run each update under bfloat16 autocast (weights and optimiser stay float32): on a CPU with AVX512-BF16 or
     AMX a step-1 update takes about two thirds of the time (0.57 s against 0.88 s on a 2-core EPYC); elsewhere it
@@ -95,6 +97,10 @@ class SightConfig:
              "answer_steps": at_least_0, "answer_batch": at_least_1, "answer_lr": positive,
              "check_every": at_least_0, "check_renders": at_least_1},
         )  # fmt: skip
+
+
+BEFORE_ADDED = {"alignment": "fixed"}
+"""What a run saved before a setting existed did (``alignment``: fixed, the default until monotonic replaced it)."""
 
 
 # ---- step 1: captions into the embedding space -----------------------------------------------------------------
@@ -368,8 +374,8 @@ def train_sight(
     ckpt = folder / "sight.pt"
     state = torch.load(ckpt, weights_only=True) if ckpt.is_file() else None
     settings = asdict(cfg)
-    if state is not None:  # a setting added since the run began counts as its default
-        state["config"] = {**asdict(SightConfig()), **state["config"]}
+    if state is not None:  # a setting added since the run began counts as what the run did without it
+        state["config"] = {**asdict(SightConfig()), **BEFORE_ADDED, **state["config"]}
     if state is not None and state["config"] != settings:
         changed = sorted(k for k in settings if state["config"].get(k) != settings[k])
         raise ValueError(
