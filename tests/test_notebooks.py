@@ -284,7 +284,7 @@ def test_01_base_model_prompting_scores_each_view_and_its_numbers_are_the_scores
                 (1 - score["valid"]) * score["turns"]
             )
     policy = load_policy(PolicyConfig(model=ModelConfig(name=tiny_folders["idefics3"])))
-    cfg = CollectConfig(task="BabyAI-GoToLocal", num_envs=2, max_reply_tokens=4)
+    cfg = CollectConfig(task="BabyAI-GoToLocal", num_envs=2, max_reply_tokens=4, view="pov")  # babyai_view's default
     again = prompting.score(policy, cfg, "min_format", "image", episodes=2, seed=10_000, progress=False)
     assert json.loads(json.dumps(again)) == vlm["BabyAI-GoToLocal"]["min_format/image"]
 

@@ -311,3 +311,17 @@ def test_an_afsft_update_from_images_only_moves_the_adapters_and_the_critic(tmp_
     assert all("language_model" in n for n in lora)  # adapters on the decoder only
     for k, v in vision_state_dict(policy.model.get_base_model()).items():
         assert torch.equal(v, tower[k]), k
+
+
+def test_embedded_vlm_plays_babyai_only_from_the_point_of_view_it_learned():
+    from vlmq_core.collect import CollectConfig, EnvSlots
+    from vlmq_core.model import EMBEDDED_VLM
+
+    model, proc = tiny_embedded_vlm()
+    policy = Policy(model, proc, True, PolicyConfig(model=ModelConfig(name=EMBEDDED_VLM)), name="tiny embedded-vlm")
+    full = CollectConfig(task="BabyAI-GoToLocal", num_envs=1)
+    with pytest.raises(ConfigError, match=r"^embedded-vlm learned BabyAI from the agent's point of view .*view=pov\.$"):
+        EnvSlots(full, 1, policy)
+    with EnvSlots(replace(full, view="pov"), 1, policy) as slots:
+        assert slots.envs[0].reset(seed=0)[0]["image"].size == (224, 224)
+    EnvSlots(replace(full, use_images=False), 1, policy).close()  # no image, no view to mind

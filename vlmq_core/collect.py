@@ -214,6 +214,14 @@ class EnvSlots:
                 f"collect.observation_text=false leaves {policy.name}, a text-only model, no state to read: "
                 "keep it true, or use a VLM."
             )
+        if policy is not None and cfg.use_images and cfg.view == "full" and task_name(cfg.task).startswith("BabyAI-"):
+            from vlmq_core.model import EMBEDDED_VLM
+
+            if policy.cfg.model.name == EMBEDDED_VLM:
+                raise ConfigError(
+                    "embedded-vlm learned BabyAI from the agent's point of view (notebook 00), not the whole grid: "
+                    "set collect.view=pov."
+                )
         n = memory_cap(cfg.task, n)
         view = {"view": cfg.view} if cfg.view != "full" else {}  # only BabyAI's env takes a view
         self.envs = [make_env(cfg.task, show_text=cfg.observation_text, **view) for _ in range(n)]
