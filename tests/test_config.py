@@ -42,6 +42,28 @@ def test_the_notebook_03_configs_differ_only_where_sft_and_afsft_do():
     assert (sft.loss.actor, sft.loss.critic_weight, afsft.loss.actor) == ("sft", 0.0, "afsft")
 
 
+def test_the_pixel_numberline_configs_are_the_text_ones_shown_the_image_alone():
+    """configs/numberline_pixels_*.yaml: the text configs with embedded-vlm shown the image alone, on their own
+    dataset, scored on 100 episodes; SFT and AFSFT differ only as the text pair does."""
+    for n in ("sft", "afsft"):
+        text, pixels = (load_config(ROOT / "configs" / f"numberline{p}_{n}.yaml") for p in ("", "_pixels"))
+        assert set(config.differences(text, pixels)) == {
+            "run_dir",
+            "model.name",
+            "collect.observation_text",
+            "data.path",
+            "eval.episodes",
+        }
+        assert (pixels.model.name, pixels.collect.observation_text, pixels.eval.episodes) == (
+            "embedded-vlm",
+            False,
+            100,
+        )
+    sft, afsft = (load_config(ROOT / "configs" / f"numberline_pixels_{n}.yaml") for n in ("sft", "afsft"))
+    assert {key.split(".")[0] for key in config.differences(sft, afsft)} == {"run_dir", "loss", "critic"}
+    assert sft.data.path == afsft.data.path != load_config(ROOT / "configs" / "numberline_afsft.yaml").data.path
+
+
 def test_dotted_overrides_reach_every_level_and_keep_types():
     cfg = load_config(
         None,
