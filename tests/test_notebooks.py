@@ -409,6 +409,7 @@ def test_00_embedded_vlm_trains_a_tiny_tower_and_its_numbers_and_weights_are_wha
     assert m["tower"] == tower and m["shipped"] is None and m["log_tail"][-1] == {**m["log_tail"][-1], "stage": 2}
     saved, state, info = read_vision(tmp_path / "run" / "weights")
     assert vars(saved) == tower and info["built_by"] == "notebooks/00_embedded_vlm.ipynb"
+    assert len(info["first_losses"]) == 3 and info["first_losses"][-1] == m["log_tail"][1]["loss"]  # step 1's last
     lm, tok, _ = load_backbone(ModelConfig(name=tiny_folders["llama"], dtype="float32", device="cpu"))
     vlm, processor = assemble(lm, tok, saved, state)
     again = reading_accuracy(
