@@ -9,6 +9,8 @@ from that text (``seen`` in notebook 00); --fields adds the share per field.
     python scripts/diagnostics/sight_probe.py --steps 3000 --every 500 --bf16
     python scripts/diagnostics/sight_probe.py --steps 600 --lr 2e-3 --tasks NumberLine Blackjack --folder runs/p1
     python scripts/diagnostics/sight_probe.py --steps 3000 --bf16 --alignment monotonic --folder runs/p_mono
+    python scripts/diagnostics/sight_probe.py --steps 3000 --bf16 --image-size 320 --tasks Blackjack Points24 \
+        --folder runs/p_320      # more pixels per card index (400 image positions)
     python scripts/diagnostics/sight_probe.py --answer-updates 5 [--bf16]     # step 2's seconds per update, and exit
 """
 
@@ -36,7 +38,9 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="*", default=list(rd.TASKS))
     ap.add_argument("--layers", type=int, default=TowerConfig.layers)
     ap.add_argument("--hidden", type=int, default=TowerConfig.hidden_size)
-    ap.add_argument("--alignment", choices=["fixed", "monotonic"], default="fixed", help="step 1's caption placement")
+    ap.add_argument("--image-size", type=int, default=TowerConfig.image_size, help="side images are resized to")
+    ap.add_argument("--patch", type=int, default=TowerConfig.patch_size, help="patch side: (size/patch)^2 positions")
+    ap.add_argument("--alignment", choices=["fixed", "monotonic"], default=SightConfig.alignment, help="placement")
     ap.add_argument("--bf16", action="store_true", help="run each update under bfloat16 autocast (AVX512-BF16, AMX)")
     ap.add_argument("--folder", default="runs/sight_probe", help="checkpoint folder (resumes a run of equal settings)")
     ap.add_argument("--fields", action="store_true", help="print each check's share per field too")
@@ -44,7 +48,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lm, tok, _ = load_backbone(ModelConfig(name="embedded", dtype="float32", device="cpu"))
-    tower = TowerConfig(hidden_size=args.hidden, intermediate_size=4 * args.hidden, layers=args.layers)
+    tower = TowerConfig(
+        image_size=args.image_size,
+        patch_size=args.patch,
+        hidden_size=args.hidden,
+        intermediate_size=4 * args.hidden,
+        layers=args.layers,
+    )
     vlm, proc = assemble(lm, tok, tower)
     cfg = SightConfig(
         tasks=args.tasks,
