@@ -29,6 +29,7 @@ from vlmq_core.envs.oracles import OracleConfig, oracle_reply
 from vlmq_core.envs.text_action import ACTION_TAG
 from vlmq_core.progress import bar as progress_bar
 from vlmq_core.turns import Turn, png_bytes
+from vlmq_core.vision import EMBEDDED_VLM
 
 if TYPE_CHECKING:  # collecting random or oracle data needs no torch
     from vlmq_core.model import Policy
@@ -215,8 +216,6 @@ class EnvSlots:
                 "keep it true, or use a VLM."
             )
         if policy is not None and cfg.use_images and cfg.view == "full" and task_name(cfg.task).startswith("BabyAI-"):
-            from vlmq_core.model import EMBEDDED_VLM
-
             if policy.cfg.model.name == EMBEDDED_VLM:
                 raise ConfigError(
                     "embedded-vlm learned BabyAI from the agent's point of view (notebook 00), not the whole grid: "

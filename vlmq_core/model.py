@@ -34,13 +34,12 @@ from vlmq_core.prefix import (
     shared_prefix_len,
 )
 from vlmq_core.progress import bar as progress_bar
+from vlmq_core.vision import EMBEDDED_VLM, assemble, read_vision
 from vlmq_core.vision import WEIGHTS as VISION_WEIGHTS
-from vlmq_core.vision import assemble, read_vision
 
 EMBEDDED = "embedded"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded GGUF)"
-EMBEDDED_VLM = "embedded-vlm"
 EMBEDDED_VLM_NAME = "SmolLM2-135M-Instruct + vlmq's vision (embedded VLM)"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """The hub model the embedded GGUF was quantised from: a saved adapter names it as its base, so peft's

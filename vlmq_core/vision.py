@@ -21,6 +21,8 @@ from torch import nn
 
 from vlmq_core.config import ConfigError, check_fields, require
 
+EMBEDDED_VLM = "embedded-vlm"
+"""Its ``model.name``."""
 IMAGE_TOKEN = "<image>"
 WEIGHTS = Path(__file__).parent / "weights" / "embedded_vlm"
 """Folder of the shipped vision weights: ``tower.json`` (:class:`TowerConfig` and how it was built) and
