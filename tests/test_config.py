@@ -64,6 +64,19 @@ def test_the_pixel_numberline_configs_are_the_text_ones_shown_the_image_alone():
     assert sft.data.path == afsft.data.path != load_config(ROOT / "configs" / "numberline_afsft.yaml").data.path
 
 
+def test_each_notebook_03_run_has_its_own_default_metrics_file():
+    from vlmq_core.experiments import metrics_file
+
+    pixels = {n: f"configs/numberline_pixels_{n}.yaml" for n in ("sft", "afsft")}
+    assert [metrics_file("03_offline_afsft", t) for t in ("NumberLine", "Points24")] == [
+        "nbs_outputs/03_offline_afsft.metrics.json",
+        "nbs_outputs/03_offline_afsft_points24.metrics.json",
+    ]
+    assert metrics_file("03_offline_afsft", "NumberLine", pixels) == (
+        "nbs_outputs/03_offline_afsft_numberline_pixels.metrics.json"  # not the text runs' file
+    )
+
+
 def test_dotted_overrides_reach_every_level_and_keep_types():
     cfg = load_config(
         None,

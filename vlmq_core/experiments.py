@@ -64,6 +64,16 @@ def task_config_files(task: str, root: str | os.PathLike = "configs") -> dict[st
     )
 
 
+def metrics_file(notebook: str, task: str, config_files: Mapping[str, str] | None = None) -> str:
+    """A notebook's default metrics path: ``nbs_outputs/<notebook>.metrics.json`` for NumberLine, with
+    ``_<task>`` (lower case) for another task, or, when the runs come from `config_files`, with the AFSFT config's
+    name (``configs/numberline_pixels_afsft.yaml``: ``_numberline_pixels``), so no run overwrites another's."""
+    suffix = "" if task == "NumberLine" else f"_{task.lower()}"
+    if config_files:
+        suffix = "_" + Path(config_files["afsft"]).stem.removesuffix("_afsft")
+    return f"nbs_outputs/{notebook}{suffix}.metrics.json"
+
+
 def notebook_configs(
     files: Mapping[str, str], overrides: Iterable[str] | Mapping[str, Any] = (), out_dir: str | None = None
 ) -> dict[str, RunConfig]:
