@@ -64,7 +64,7 @@ class SightConfig:
     (:func:`monotonic_caption_loss`), so a token can sit near what shows it; ``fixed``, token i at position i (the
     first positions carry the caption, the rest a space; :func:`caption_loss`), which must route every card's index
     to the image's first row. After 3000 updates on 8 held-out renders per task, monotonic read every field of
-    8/8 EZPoints and GoToObj renders where fixed read 1/8 and 2/8 (``docs/PAPER_MAP.md``)."""
+    8/8 EZPoints and GoToObj renders where fixed read 1/8 and 2/8 (``docs/FINDINGS.md``, 30)."""
     bf16: bool = False
     """Run each update under bfloat16 autocast (weights and optimiser stay float32): on a CPU with AVX512-BF16 or
     AMX a step-1 update takes about two thirds of the time (0.57 s against 0.88 s on a 2-core EPYC); elsewhere it
