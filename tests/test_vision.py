@@ -184,52 +184,6 @@ def test_sight_with_monotonic_alignment_trains_and_is_scored(tmp_path):
         SightConfig(alignment="ctc")
 
 
-def test_step_1_builds_the_next_renders_in_a_thread_and_updates_as_inline(tmp_path, monkeypatch):
-    import threading
-
-    import vlmq_core.sight as sight
-
-    cfg = SightConfig(tasks=["NumberLine", "BabyAI-GoToLocal"], tower=TINY_TOWER, caption_steps=5, caption_batch=2,
-                      answer_steps=0, check_every=2, check_renders=1, bf16=True)  # fmt: skip
-    built, checks, busy = [], [], {"n": 0}
-    build, seen = sight.caption_batch, sight.seen_check
-
-    def recorded_build(processor, c, step):
-        busy["n"] += 1
-        try:
-            built.append((step, threading.current_thread().name.startswith("sight-renders")))
-            return build(processor, c, step)
-        finally:
-            busy["n"] -= 1
-
-    def recorded_check(*args, **kwargs):
-        checks.append(busy["n"])  # a build in flight would share the environments with the check's renders
-        return seen(*args, **kwargs)
-
-    monkeypatch.setattr(sight, "caption_batch", recorded_build)
-    monkeypatch.setattr(sight, "seen_check", recorded_check)
-    threaded, proc = tiny_embedded_vlm()
-    train_sight(threaded, proc, cfg, tmp_path, progress=False)
-    assert built == [(s, True) for s in range(5)] and checks == [0, 0, 0]
-
-    inline, proc2 = tiny_embedded_vlm()  # the same updates, each building its own renders
-    for p in inline.parameters():
-        p.requires_grad_(False)
-    params = [p for m in vision_modules(inline).values() for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.caption_lr, weight_decay=0.01)
-    sched = sight.one_cycle(opt, cfg.caption_steps, cfg.caption_lr)
-    scale = inline.get_input_embeddings().weight.detach().float().pow(2).mean().item()
-    for step in range(cfg.caption_steps):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            row = sight.train_caption_step(inline, proc2, cfg, step, opt, scale=scale)
-        sched.step()
-        assert row["data_seconds"] > 0
-    for k, v in vision_state_dict(inline).items():
-        torch.testing.assert_close(v, vision_state_dict(threaded)[k], rtol=0, atol=0)
-
-
 def test_caption_loss_is_least_at_the_caption_embeddings():
     _, tok = tiny_llama()
     table = torch.randn(50, 8)

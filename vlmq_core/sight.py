@@ -20,7 +20,6 @@ import math
 import re
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -309,51 +308,29 @@ def _pixels(processor, images) -> torch.Tensor:
     return processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
 
 
-def caption_batch(processor, cfg: SightConfig, step: int) -> dict[str, object]:
-    """The inputs of step-1 update `step`, built without the model (rendering and preprocessing, about a third of an
-    update on 2 cores): ``pixels`` and the targets of :attr:`SightConfig.alignment`'s loss. Pure in `step`, so
-    :func:`train_sight` builds the next update's in a thread while the current one computes."""
-    batch = _round(cfg, 1, step, cfg.caption_batch)
-    captions = [r.caption for r in batch]
-    out: dict[str, object] = {"pixels": _pixels(processor, [r.image for r in batch])}
-    if cfg.alignment == "fixed":
-        out["ids"] = caption_targets(processor.tokenizer, captions, cfg.tower.image_tokens)
-    else:
-        out["labels"], out["lengths"], out["spaced"] = caption_labels(
-            processor.tokenizer, captions, cfg.tower.image_tokens
-        )
-    return out
-
-
 def train_caption_step(
-    vlm: nn.Module,
-    processor,
-    cfg: SightConfig,
-    step: int,
-    opt,
-    scale: float | None = None,
-    inputs: dict[str, object] | None = None,
+    vlm: nn.Module, processor, cfg: SightConfig, step: int, opt, scale: float | None = None
 ) -> dict[str, float]:
-    """One step-1 update on the renders of `step` (`scale`: :func:`caption_loss`'s, or computed here; `inputs`:
-    :func:`caption_batch`'s for `step`, or built here). The row's ``data_seconds``: the time spent building the
-    inputs here (0 when they come built)."""
+    """One step-1 update on the renders of `step` (`scale`: :func:`caption_loss`'s, or computed here). The row's
+    ``data_seconds``: the part spent rendering and preprocessing."""
     t0 = time.perf_counter()
-    if inputs is None:
-        inputs = caption_batch(processor, cfg, step)
-    data_seconds = time.perf_counter() - t0
+    batch = _round(cfg, 1, step, cfg.caption_batch)
     mods = vision_modules(vlm)
-    x = inputs["pixels"].to(next(mods["vision_tower"].parameters()).dtype)
+    x = _pixels(processor, [r.image for r in batch]).to(next(mods["vision_tower"].parameters()).dtype)
+    captions = [r.caption for r in batch]
+    if cfg.alignment == "fixed":
+        ids = caption_targets(processor.tokenizer, captions, cfg.tower.image_tokens)
+    else:
+        labels, lengths, spaced = caption_labels(processor.tokenizer, captions, cfg.tower.image_tokens)
+    data_seconds = time.perf_counter() - t0
     e = image_embeddings(vlm, x)
     table = vlm.get_input_embeddings().weight.detach()
     if scale is None:
         scale = table.float().pow(2).mean().item()
-    pad = pad_id(processor.tokenizer)
     if cfg.alignment == "fixed":
-        loss, parts = caption_loss(e, inputs["ids"], table, pad, scale)
+        loss, parts = caption_loss(e, ids, table, pad_id(processor.tokenizer), scale)
     else:
-        loss, parts = monotonic_caption_loss(
-            e, inputs["labels"], inputs["lengths"], inputs["spaced"], table, pad, scale
-        )
+        loss, parts = monotonic_caption_loss(e, labels, lengths, spaced, table, pad_id(processor.tokenizer), scale)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for m in mods.values() for p in m.parameters()], 1.0)
@@ -426,31 +403,16 @@ def train_sight(
             start = state["step"]
         vlm.train()
         desc = "sight: captions" if stage == 1 else "sight: answers"
-        # step 1 builds the next update's renders in a thread while this one computes (torch's kernels let go of
-        # the GIL); never across a held-out check, whose renders use the same environments
-        ahead: Future | None = None
-        with (
-            ThreadPoolExecutor(1, thread_name_prefix="sight-renders") as pool,
-            progress_bar(total=steps, initial=start, desc=desc, disable=not progress) as pbar,
-        ):
+        with progress_bar(total=steps, initial=start, desc=desc, disable=not progress) as pbar:
             for step in range(start, steps):
                 t0 = time.perf_counter()
-                checking = stage == 1 and cfg.check_every and ((step + 1) % cfg.check_every == 0 or step + 1 == steps)
-                kwargs = {}
-                if stage == 1:
-                    kwargs["inputs"] = (ahead or pool.submit(caption_batch, processor, cfg, step)).result()
-                    last = checking or step + 1 == steps
-                    ahead = None if last else pool.submit(caption_batch, processor, cfg, step + 1)
-                waited = time.perf_counter() - t0
                 with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.bf16):
-                    row = fn(vlm, processor, cfg, step, opt, **kwargs)
+                    row = fn(vlm, processor, cfg, step, opt)
                 sched.step()
-                if stage == 1:
-                    row["data_seconds"] = waited  # (what the thread did not hide)
                 log.append({"stage": stage, "step": step + 1, **row, "seconds": time.perf_counter() - t0})
                 pbar.update(1)
                 pbar.set_postfix_str(f"loss {row['loss']:.3f}", refresh=False)
-                if checking:
+                if stage == 1 and cfg.check_every and ((step + 1) % cfg.check_every == 0 or step + 1 == steps):
                     vlm.eval()
                     check = seen_check(vlm, processor, cfg.tasks, cfg.check_renders, alignment=cfg.alignment)
                     vlm.train()

@@ -88,7 +88,7 @@ def main() -> None:
     print(
         f"{len(updates)} updates in the log; {time.time() - start:.0f} s here; last 100 updates "
         f"{sum(r['seconds'] for r in updates[-100:]) / len(updates[-100:]):.2f} s each, "
-        f"{sum(r['data_seconds'] for r in updates[-100:]) / len(updates[-100:]):.2f} s of it waiting for renders"
+        f"{sum(r['data_seconds'] for r in updates[-100:]) / len(updates[-100:]):.2f} s of it rendering"
     )
     for r in log:
         if r["stage"] == "check":
