@@ -385,7 +385,7 @@ def test_00_embedded_vlm_trains_a_tiny_tower_and_its_numbers_and_weights_are_wha
     the same reader, and its metrics are what `reading_accuracy` gives for those weights on the same renders."""
     from vlmq_core.model import ModelConfig, load_backbone
     from vlmq_core.sight import reading_accuracy
-    from vlmq_core.vision import assemble, read_vision
+    from vlmq_core.vision import assemble, read_build_log, read_vision
 
     tower = dataclasses.asdict(TINY_TOWER)  # the tiny tower the unit tests use, as a notebook parameter
     metrics_path = tmp_path / "metrics.json"
@@ -410,6 +410,9 @@ def test_00_embedded_vlm_trains_a_tiny_tower_and_its_numbers_and_weights_are_wha
     saved, state, info = read_vision(tmp_path / "run" / "weights")
     assert vars(saved) == tower and info["built_by"] == "notebooks/00_embedded_vlm.ipynb"
     assert len(info["first_losses"]) == 3 and info["first_losses"][-1] == m["log_tail"][1]["loss"]  # step 1's last
+    record = read_build_log(tmp_path / "run" / "weights")  # shipped beside the weights: the curves and checks
+    assert [(r["stage"], r["step"], r.get("updates")) for r in record] == [(1, 3, 3), ("check", 3, None), (2, 2, 2)]
+    assert record[0]["loss"] == pytest.approx(sum(info["first_losses"]) / 3)
     lm, tok, _ = load_backbone(ModelConfig(name=tiny_folders["llama"], dtype="float32", device="cpu"))
     vlm, processor = assemble(lm, tok, saved, state)
     again = reading_accuracy(

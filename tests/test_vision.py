@@ -17,6 +17,7 @@ from vlmq_core.sight import (
     caption_labels,
     caption_loss,
     caption_targets,
+    compact_log,
     monotonic_caption_loss,
     nearest_tokens,
     reading_accuracy,
@@ -182,6 +183,18 @@ def test_sight_with_monotonic_alignment_trains_and_is_scored(tmp_path):
     assert scores["NumberLine"]["seen/target"]["n"] == 2
     with pytest.raises(ConfigError, match=r"^sight.alignment must be one of fixed, monotonic, not 'ctc'\.$"):
         SightConfig(alignment="ctc")
+
+
+def test_the_build_log_ships_as_block_means_and_whole_checks():
+    log = [{"stage": 1, "step": i + 1, "loss": float(i), "seconds": 0.5} for i in range(45)]
+    log += [{"stage": "check", "step": 45, "tokens": 0.9, "NumberLine": 1.0}]
+    log += [{"stage": 2, "step": i + 1, "loss": 2.0 + i, "seconds": 6.0} for i in range(3)]
+    rows = compact_log(log, every=20)
+    assert [(r["stage"], r["step"], r.get("updates")) for r in rows] == [
+        (1, 20, 20), (1, 40, 20), (1, 45, 5), ("check", 45, None), (2, 3, 3)
+    ]  # fmt: skip
+    assert [r["loss"] for r in rows if r["stage"] != "check"] == [9.5, 29.5, 42.0, 3.0]
+    assert rows[3] == log[45] and rows[0]["seconds"] == 0.5
 
 
 def test_caption_loss_is_least_at_the_caption_embeddings():

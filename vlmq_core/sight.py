@@ -440,6 +440,32 @@ def train_sight(
     return log
 
 
+def compact_log(log: Sequence[dict], every: int = 20) -> list[dict]:
+    """:func:`train_sight`'s log small enough to ship with the weights (12 000 step-1 updates: 600 rows): each
+    stage's update rows averaged over blocks of `every` (``step``: the block's last; ``updates``: how many), the
+    ``check`` rows whole."""
+    out, block = [], []
+
+    def flush() -> None:
+        if block:
+            keys = [k for k in block[0] if k not in ("stage", "step") and all(k in r for r in block)]
+            mean = {k: sum(r[k] for r in block) / len(block) for k in keys}
+            out.append({"stage": block[0]["stage"], "step": block[-1]["step"], **mean, "updates": len(block)})
+            block.clear()
+
+    for row in log:
+        if row["stage"] == "check" or (block and row["stage"] != block[0]["stage"]):
+            flush()
+        if row["stage"] == "check":
+            out.append(dict(row))
+            continue
+        block.append(row)
+        if len(block) == every:
+            flush()
+    flush()
+    return out
+
+
 # ---- scoring --------------------------------------------------------------------------------------------------
 
 

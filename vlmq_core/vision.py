@@ -26,7 +26,9 @@ EMBEDDED_VLM = "embedded-vlm"
 IMAGE_TOKEN = "<image>"
 WEIGHTS = Path(__file__).parent / "weights" / "embedded_vlm"
 """Folder of the shipped vision weights: ``tower.json`` (:class:`TowerConfig` and how it was built) and
-``vision.safetensors`` (``vision_tower.*`` and ``multi_modal_projector.*``)."""
+``vision.safetensors`` (``vision_tower.*`` and ``multi_modal_projector.*``), and ``build_log.json``."""
+BUILD_LOG = "build_log.json"
+"""The build's log beside the weights: its curves and held-out checks, for a notebook that shows them unbuilt."""
 VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.")
 
 CHAT_TEMPLATE = (
@@ -181,18 +183,29 @@ def load_vision_state(vlm: nn.Module, state: dict[str, torch.Tensor]) -> None:
         raise ValueError(f"vision weights hold keys no embedded VLM has: {unknown[:3]}")
 
 
-def save_vision(vlm: nn.Module, tower: TowerConfig, folder: str | os.PathLike, info: dict | None = None) -> Path:
-    """Write ``tower.json`` (the tower's shape and `info`: how it was built and how well it reads) and
-    ``vision.safetensors`` (float16) to `folder`, each atomically."""
+def save_vision(
+    vlm: nn.Module,
+    tower: TowerConfig,
+    folder: str | os.PathLike,
+    info: dict | None = None,
+    log: list[dict] | None = None,
+) -> Path:
+    """Write ``tower.json`` (the tower's shape and `info`: how it was built and how well it reads),
+    ``vision.safetensors`` (float16) and, given the build's `log` (:func:`vlmq_core.sight.compact_log`'s rows),
+    ``build_log.json``, each atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in vision_state_dict(vlm).items()}
     tmp = folder / ".vision.safetensors.tmp"
     save_file(state, str(tmp))
     os.replace(tmp, folder / "vision.safetensors")
-    tmp = folder / ".tower.json.tmp"
-    tmp.write_text(json.dumps({"tower": asdict(tower), "info": info or {}}, indent=1) + "\n")
-    os.replace(tmp, folder / "tower.json")
+    files = {"tower.json": {"tower": asdict(tower), "info": info or {}}}
+    if log is not None:
+        files[BUILD_LOG] = log
+    for name, content in files.items():
+        tmp = folder / f".{name}.tmp"
+        tmp.write_text(json.dumps(content, indent=None if name == BUILD_LOG else 1) + "\n")
+        os.replace(tmp, folder / name)
     return folder
 
 
@@ -201,3 +214,12 @@ def read_vision(folder: str | os.PathLike = WEIGHTS) -> tuple[TowerConfig, dict[
     folder = Path(folder)
     meta = json.loads((folder / "tower.json").read_text())
     return TowerConfig(**meta["tower"]), load_file(str(folder / "vision.safetensors")), meta.get("info", {})
+
+
+def read_build_log(folder: str | os.PathLike = WEIGHTS) -> list[dict]:
+    """The build's log that :func:`save_vision` stored with the weights (its curves and held-out checks), or a
+    sentence naming what is missing."""
+    path = Path(folder) / BUILD_LOG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: weights saved without their build's log (save_vision(log=...)).")
+    return json.loads(path.read_text())
