@@ -199,12 +199,12 @@ def save_vision(
     tmp = folder / ".vision.safetensors.tmp"
     save_file(state, str(tmp))
     os.replace(tmp, folder / "vision.safetensors")
-    files = {"tower.json": {"tower": asdict(tower), "info": info or {}}}
-    if log is not None:
-        files[BUILD_LOG] = log
-    for name, content in files.items():
+    files = {"tower.json": json.dumps({"tower": asdict(tower), "info": info or {}}, indent=1)}
+    if log is not None:  # a row a line
+        files[BUILD_LOG] = "[\n" + ",\n".join(json.dumps(row) for row in log) + "\n]"
+    for name, text in files.items():
         tmp = folder / f".{name}.tmp"
-        tmp.write_text(json.dumps(content, indent=None if name == BUILD_LOG else 1) + "\n")
+        tmp.write_text(text + "\n")
         os.replace(tmp, folder / name)
     return folder
 
