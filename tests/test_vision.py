@@ -239,7 +239,7 @@ def test_sight_trains_only_the_vision_resumes_after_a_kill_and_is_scored(tmp_pat
     lm_before = {k: v.clone() for k, v in straight.model.language_model.state_dict().items()}
     vision_before = {k: v.detach().clone() for k, v in vision_params(straight).items()}
     log = train_sight(straight, proc, cfg, tmp_path / "a", every=1, progress=False)
-    steps = [(1, 1), (1, 2), ("check", 2), (1, 3), (1, 4), ("check", 4), (2, 1), (2, 2)]
+    steps = [(1, 1), (1, 2), ("check", 2), (1, 3), (1, 4), ("check", 4), (2, 1), (2, 2), ("check", 6)]
     assert [(r["stage"], r["step"]) for r in log] == steps
     check = log[2]
     assert {"tokens", "NumberLine", "NumberLine/target", "Blackjack/dealer"} <= set(check)

@@ -70,9 +70,9 @@ class SightConfig:
     AMX a step-1 update takes about two thirds of the time (0.57 s against 0.88 s on a 2-core EPYC); elsewhere it
     can be slower."""
     check_every: int = 500
-    """Every this many step-1 updates (and at its last), a held-out check (:func:`seen_check`) is logged and
-    printed: the share of caption tokens the image positions carry and of renders read right, per task and field;
-    0: never."""
+    """Every this many step-1 updates (and at the last update of each step: step 2 moves the eyes too), a held-out
+    check (:func:`seen_check`) is logged and printed: the share of caption tokens the image positions carry and of
+    renders read right, per task and field; 0: never."""
     check_renders: int = 8
     """Held-out renders per task in each check (seeds from :data:`reading.HELD_OUT_SEED`)."""
 
@@ -363,7 +363,8 @@ def train_sight(
     """Run both steps on `vlm` (its language model frozen), saving ``sight.pt`` (the vision weights, optimiser,
     stage, step and `cfg`) atomically into `folder` every `every` updates; a killed run continues from there (with
     the same `cfg`: other settings are refused). Returns the logged rows (``stage``, ``step``, losses, seconds; and
-    every ``cfg.check_every`` step-1 updates a ``stage: "check"`` row of :func:`seen_check`, printed too)."""
+    every ``cfg.check_every`` step-1 updates and at the end of step 2 a ``stage: "check"`` row of
+    :func:`seen_check`, printed too, whose ``step`` counts the updates of both steps so far)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for p in vlm.parameters():
@@ -412,13 +413,16 @@ def train_sight(
                 log.append({"stage": stage, "step": step + 1, **row, "seconds": time.perf_counter() - t0})
                 pbar.update(1)
                 pbar.set_postfix_str(f"loss {row['loss']:.3f}", refresh=False)
-                if stage == 1 and cfg.check_every and ((step + 1) % cfg.check_every == 0 or step + 1 == steps):
+                # every check_every step-1 updates, and once more after step 2, which moves the eyes too
+                due = (step + 1) % cfg.check_every == 0 if stage == 1 and cfg.check_every else False
+                if cfg.check_every and (due or step + 1 == steps):
+                    done = step + 1 + (cfg.caption_steps if stage == 2 else 0)  # updates of both steps so far
                     vlm.eval()
                     check = seen_check(vlm, processor, cfg.tasks, cfg.check_renders, alignment=cfg.alignment)
                     vlm.train()
-                    log.append({"stage": "check", "step": step + 1, **check})
+                    log.append({"stage": "check", "step": done, **check})
                     if progress:
-                        pbar.write(f"held-out check after {step + 1} updates: {describe_check(check)}")
+                        pbar.write(f"held-out check after {done} updates: {describe_check(check)}")
                 if (step + 1) % every == 0 or step + 1 == steps:
                     nxt = (stage, step + 1) if step + 1 < steps else (stage + 1, 0)
                     tmp = folder / ".sight.pt.tmp"
