@@ -325,3 +325,13 @@ def test_notebooks_name_their_kernel_as_ipykernel_installs_it(path):
     spec = KernelSpecManager().get_kernel_spec("python3")
     want = {"display_name": spec.display_name, "language": spec.language, "name": "python3"}
     assert json.loads(path.read_text())["metadata"]["kernelspec"] == want
+
+
+def test_the_shipped_vision_weights_quote_notebook_00s_committed_scores():
+    """tower.json's `accuracy` (what `embedded-vlm` reads) is notebook 00's executed scoring of those weights."""
+    m = json.loads((ROOT / "nbs_outputs" / "00_embedded_vlm.metrics.json").read_text())
+    info = json.loads((ROOT / "vlmq_core" / "weights" / "embedded_vlm" / "tower.json").read_text())["info"]
+    assert m["build"] is False and m["train_minutes"] == info["train_minutes"]  # it scored these weights
+    assert info["held_out"] == {"first_seed": 900_000_000, "per_task": m["per_task"]} and m["per_task"] == 100
+    image = m["scores"]["image (embedded-vlm)"]
+    assert info["accuracy"] == {t: {k: round(c["acc"], 4) for k, c in row.items()} for t, row in image.items()}
