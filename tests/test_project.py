@@ -335,3 +335,43 @@ def test_the_shipped_vision_weights_quote_notebook_00s_committed_scores():
     assert info["held_out"] == {"first_seed": 900_000_000, "per_task": m["per_task"]} and m["per_task"] == 100
     image = m["scores"]["image (embedded-vlm)"]
     assert info["accuracy"] == {t: {k: round(c["acc"], 4) for k, c in row.items()} for t, row in image.items()}
+
+
+def test_readme_embedded_vlm_results_match_notebooks_00_03_and_04():
+    """The README's paragraph on the embedded VLM quotes notebook 00's scoring of the shipped weights, notebook 03's
+    NumberLine-from-pixels run and notebook 04's text AFSFT score on the same seeds."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    scores = json.loads((ROOT / "nbs_outputs" / "00_embedded_vlm.metrics.json").read_text())["scores"]
+    image = scores["image (embedded-vlm)"]
+    seen = {t: {k.split("/")[1]: c for k, c in row.items() if k.startswith("seen/")} for t, row in image.items()}
+
+    def pct(task: str, *fields: str) -> list[str]:
+        return [f"{seen[task][f]['acc']:.0%}" for f in fields]
+
+    assert pct("NumberLine", "target", "current") == ["100%", "100%"] and "target and position 100%;" in readme
+    assert "Blackjack dealer {}, player {}, total {};".format(*pct("Blackjack", "dealer", "player", "total")) in readme
+    cards = [*pct("EZPoints", "cards", "formula"), *pct("Points24", "cards", "formula")]
+    se = [seen[t][f]["se"] for t, fs in {"Blackjack": ("dealer", "player", "total")}.items() for f in fs]
+    se += [seen[t][f]["se"] for t in ("EZPoints", "Points24") for f in ("cards", "formula")]
+    assert "EZPoints cards {}, formula {}; Points24 cards {}, formula {}".format(*cards) in readme
+    assert f"(SE {100 * min(se):.0f}-{100 * max(se):.0f})" in readme
+    babyai = {t: f for t, f in seen.items() if t.startswith("BabyAI-")}
+    front = [f["front"]["acc"] for f in babyai.values()]
+    objects = [f["objects"]["acc"] for f in babyai.values()]
+    assert f"in front {100 * min(front):.0f}-{max(front):.0%}, no better than the commonest answer" in readme
+    assert all(f["front"]["acc"] <= f["front"]["majority"] + 2 * f["front"]["se"] for f in babyai.values())
+    assert f"object lists {100 * min(objects):.0f}-{max(objects):.0%}." in readme
+    read = {t: [c["acc"] for k, c in row.items() if k.startswith("read/")] for t, row in image.items()}
+    assert min(read.pop("NumberLine")) == 1 and all(min(v) < 0.95 for v in read.values())
+    assert "own transcription keeps only NumberLine (100%)" in readme
+    px = json.loads((ROOT / "nbs_outputs" / "03_offline_afsft_numberline_pixels.metrics.json").read_text())
+    assert px["configs"]["afsft"]["eval"] == {"episodes": 100, "seed": 20_000, "num_envs": None}
+
+    def score(m: dict) -> str:
+        return f"{m['success']:.0%} (SE {100 * m['success_se']:.1f})"
+
+    base, data = (f"{x:.0%}" for x in (px["base"]["success"], px["dataset"]["buffer/success_frac"]))
+    assert f"base {base}, SFT {score(px['sft'])}, AFSFT {score(px['afsft'])}, data {data};" in readme
+    text = json.loads((ROOT / "nbs_outputs" / "04_offline_to_online.metrics.json").read_text())["numberline"]
+    assert text["eval_seed"] == 20_000 and text["offline"]["episodes"] == 100
+    assert f"from text AFSFT scores {score(text['offline'])}." in readme
