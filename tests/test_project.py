@@ -375,3 +375,27 @@ def test_readme_embedded_vlm_results_match_notebooks_00_03_and_04():
     text = json.loads((ROOT / "nbs_outputs" / "04_offline_to_online.metrics.json").read_text())["numberline"]
     assert text["eval_seed"] == 20_000 and text["offline"]["episodes"] == 100
     assert f"from text AFSFT scores {score(text['offline'])}." in readme
+
+
+def test_readme_quotes_notebook_01_on_the_embedded_vlm():
+    """The README's sentence on notebook 01 with `embedded-vlm` quotes its committed metrics file."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    m = json.loads((ROOT / "nbs_outputs" / "01_base_model_prompting_embedded_vlm.metrics.json").read_text())
+    (tasks,) = m["results"].values()
+
+    def span(xs: list[float]) -> str:
+        return f"{100 * min(xs):.0f}-{max(xs):.0%}"
+
+    agent = [r["valid"] for runs in tasks.values() for k, r in runs.items() if k.startswith("agent/")]
+    gym = {t: runs for t, runs in tasks.items() if not t.startswith("BabyAI")}
+    fmt = {v: span([runs[f"min_format/{v}"]["valid"] for runs in gym.values()]) for v in ("text", "image", "both")}
+    assert f"{span(agent)} valid with `agent` prompting in every view" in readme
+    assert f"Gym Cards {fmt['text']} valid from the text alone, {fmt['image']} from the image alone," in readme
+    assert f"{fmt['both']} from both, no wins;" in readme
+    assert max(r["success"] for runs in gym.values() for r in runs.values()) == 0
+    b = {v: tasks["BabyAI-GoToLocal"][f"min_format/{v}"] for v in ("both", "image")}
+    both = (
+        f"{b['both']['valid']:.0%} valid, {b['both']['success']:.0%} success (SE {100 * b['both']['success_se']:.0f})"
+    )
+    image = f"{b['image']['success']:.0%} (SE {100 * b['image']['success_se']:.0f})"
+    assert f"BabyAI from both {both}, from the image alone {image}." in readme
