@@ -351,8 +351,12 @@ def test_readme_embedded_vlm_results_match_notebooks_00_03_and_04():
     assert pct("NumberLine", "target", "current") == ["100%", "100%"] and "target and position 100%;" in readme
     assert "Blackjack dealer {}, player {}, total {};".format(*pct("Blackjack", "dealer", "player", "total")) in readme
     cards = [*pct("EZPoints", "cards", "formula"), *pct("Points24", "cards", "formula")]
-    se = [seen[t][f]["se"] for t, fs in {"Blackjack": ("dealer", "player", "total")}.items() for f in fs]
-    se += [seen[t][f]["se"] for t in ("EZPoints", "Points24") for f in ("cards", "formula")]
+    quoted = {
+        "Blackjack": ("dealer", "player", "total"),
+        "EZPoints": ("cards", "formula"),
+        "Points24": ("cards", "formula"),
+    }
+    se = [seen[t][f]["se"] for t, fields in quoted.items() for f in fields]
     assert "EZPoints cards {}, formula {}; Points24 cards {}, formula {}".format(*cards) in readme
     assert f"(SE {100 * min(se):.0f}-{100 * max(se):.0f})" in readme
     babyai = {t: f for t, f in seen.items() if t.startswith("BabyAI-")}

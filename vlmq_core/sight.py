@@ -413,9 +413,9 @@ def train_sight(
                 log.append({"stage": stage, "step": step + 1, **row, "seconds": time.perf_counter() - t0})
                 pbar.update(1)
                 pbar.set_postfix_str(f"loss {row['loss']:.3f}", refresh=False)
-                # every check_every step-1 updates, and once more after step 2, which moves the eyes too
-                due = (step + 1) % cfg.check_every == 0 if stage == 1 and cfg.check_every else False
-                if cfg.check_every and (due or step + 1 == steps):
+                # every check_every step-1 updates and at each step's last (step 2 moves the eyes too)
+                due = step + 1 == steps or (stage == 1 and (step + 1) % max(cfg.check_every, 1) == 0)
+                if cfg.check_every and due:
                     done = step + 1 + (cfg.caption_steps if stage == 2 else 0)  # updates of both steps so far
                     vlm.eval()
                     check = seen_check(vlm, processor, cfg.tasks, cfg.check_renders, alignment=cfg.alignment)
