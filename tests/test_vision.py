@@ -3,7 +3,7 @@ test and an AFSFT update from images (the real model's loading is in test_vision
 
 import itertools
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -103,14 +103,37 @@ def test_tower_and_sight_settings_are_refused_in_one_sentence():
 
 def test_sight_under_bf16_autocast_keeps_float32_weights_and_learns(tmp_path):
     cfg = SightConfig(tasks=["NumberLine"], tower=TINY_TOWER, caption_steps=3, caption_batch=2, answer_steps=1,
-                      answer_batch=1, bf16=True, check_renders=1)  # fmt: skip
+                      answer_batch=1, recaption_steps=1, bf16=True, check_renders=1)  # fmt: skip
     vlm, proc = tiny_embedded_vlm()
     before = {k: v.detach().clone() for k, v in vision_params(vlm).items()}
     log = train_sight(vlm, proc, cfg, tmp_path, progress=False)
-    assert [r["stage"] for r in log] == [1, 1, 1, "check", 2, "check"]
+    assert [r["stage"] for r in log] == [1, 1, 1, "check", 2, "check", 3, "check"]
     assert all(math.isfinite(r["loss"]) for r in log if r["stage"] != "check")
     assert {v.dtype for v in vision_params(vlm).values()} == {torch.float32}
     assert any(not torch.equal(v, before[k]) for k, v in vision_params(vlm).items())
+
+
+def test_a_finished_two_step_build_gains_step_3_and_nothing_else_may_change(tmp_path):
+    # the shipped weights' history: a build saved before step 3 existed, continued with it from its checkpoint
+    two = SightConfig(tasks=["NumberLine"], tower=TINY_TOWER, caption_steps=2, caption_batch=2, answer_steps=1,
+                      answer_batch=1, recaption_steps=0, check_renders=1)  # fmt: skip
+    vlm, proc = tiny_embedded_vlm()
+    first = train_sight(vlm, proc, two, tmp_path, progress=False)
+    saved = torch.load(tmp_path / "sight.pt", weights_only=True)
+    del saved["config"]["recaption_steps"], saved["config"]["recaption_lr"]  # saved before the settings existed
+    torch.save(saved, tmp_path / "sight.pt")
+    moved = {k: v.clone() for k, v in vision_state_dict(vlm).items()}
+    three = replace(two, recaption_steps=2)
+    log = train_sight(tiny_embedded_vlm()[0], proc, three, tmp_path, progress=False)
+    assert log[: len(first)] == first
+    assert [(r["stage"], r["step"]) for r in log[len(first) :]] == [(3, 1), (3, 2), ("check", 5)]
+    assert torch.load(tmp_path / "sight.pt", weights_only=True)["config"] == asdict(three)
+    with pytest.raises(ValueError, match=r"holds a run of other settings \(recaption_lr differ\)"):
+        train_sight(tiny_embedded_vlm()[0], proc, replace(three, recaption_lr=1e-3), tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"holds a run of other settings \(answer_steps differ\)"):
+        train_sight(tiny_embedded_vlm()[0], proc, replace(three, answer_steps=2), tmp_path, progress=False)
+    after = torch.load(tmp_path / "sight.pt", weights_only=True)["vision"]
+    assert any(not torch.equal(v, moved[k]) for k, v in after.items())  # step 3 moved the eyes
 
 
 def test_monotonic_alignment_puts_spaces_only_where_the_caption_has_them():
@@ -174,7 +197,7 @@ def test_caption_labels_open_gaps_at_the_captions_whitespace():
 
 def test_sight_with_monotonic_alignment_trains_and_is_scored(tmp_path):
     cfg = SightConfig(tasks=["NumberLine", "Blackjack"], tower=TINY_TOWER, caption_steps=2, caption_batch=2,
-                      answer_steps=0, alignment="monotonic", check_renders=1)  # fmt: skip
+                      answer_steps=0, recaption_steps=0, alignment="monotonic", check_renders=1)  # fmt: skip
     vlm, proc = tiny_embedded_vlm()
     log = train_sight(vlm, proc, cfg, tmp_path, progress=False)
     assert [r["stage"] for r in log] == [1, 1, "check"] and all(math.isfinite(r["loss"]) for r in log[:2])
@@ -231,6 +254,7 @@ def test_sight_trains_only_the_vision_resumes_after_a_kill_and_is_scored(tmp_pat
         caption_batch=4,
         answer_steps=2,
         answer_batch=2,
+        recaption_steps=2,
         check_every=2,
         check_renders=2,
         alignment="fixed",  # (monotonic's own test is above; the resume below is of a run begun before it)
@@ -239,8 +263,10 @@ def test_sight_trains_only_the_vision_resumes_after_a_kill_and_is_scored(tmp_pat
     lm_before = {k: v.clone() for k, v in straight.model.language_model.state_dict().items()}
     vision_before = {k: v.detach().clone() for k, v in vision_params(straight).items()}
     log = train_sight(straight, proc, cfg, tmp_path / "a", every=1, progress=False)
-    steps = [(1, 1), (1, 2), ("check", 2), (1, 3), (1, 4), ("check", 4), (2, 1), (2, 2), ("check", 6)]
-    assert [(r["stage"], r["step"]) for r in log] == steps
+    assert [(r["stage"], r["step"]) for r in log] == [
+        (1, 1), (1, 2), ("check", 2), (1, 3), (1, 4), ("check", 4), (2, 1), (2, 2), ("check", 6), (3, 1), (3, 2),
+        ("check", 8),
+    ]  # fmt: skip
     check = log[2]
     assert {"tokens", "NumberLine", "NumberLine/target", "Blackjack/dealer"} <= set(check)
     assert all(0 <= v <= 1 for k, v in check.items() if k not in ("stage", "step"))
@@ -275,8 +301,8 @@ def test_sight_trains_only_the_vision_resumes_after_a_kill_and_is_scored(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         train_sight(tiny_embedded_vlm()[0], proc2, cfg, tmp_path / "b", every=1, progress=False)
     monkeypatch.setattr(sight, "train_answer_step", answer_step)
-    with pytest.raises(ValueError, match="holds a run of other settings \\(answer_steps differ\\)"):
-        train_sight(tiny_embedded_vlm()[0], proc2, replace(cfg, answer_steps=3), tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="holds a run of other settings \\(caption_lr differ\\)"):
+        train_sight(tiny_embedded_vlm()[0], proc2, replace(cfg, caption_lr=1e-2), tmp_path / "b", progress=False)
     saved = torch.load(tmp_path / "b" / "sight.pt", weights_only=True)
     del saved["config"]["alignment"]  # a run begun before the setting existed was fixed, the default since changed
     torch.save(saved, tmp_path / "b" / "sight.pt")

@@ -1,5 +1,5 @@
 """Teaching the embedded VLM to see: its vision tower and projector trained on vlmq's renders, the language model
-frozen (LLaVA's first stage), in two steps.
+frozen (LLaVA's first stage), in three steps.
 
 1. **Captions into the embedding space** (ours, :func:`caption_loss`): image position i is trained to carry
    the input embedding of the caption's i-th token (the rest of the positions: a space's), so the frozen language
@@ -8,8 +8,11 @@ frozen (LLaVA's first stage), in two steps.
 2. **Answers through the frozen language model** (LLaVA's first-stage loss, :func:`answer_loss`): the image and a
    question (the transcription, or one field) in, the answer's tokens scored, gradients reaching only the tower
    and projector. It fixes what step 1's target leaves to chance: how the model uses the image in a chat turn.
+3. **Captions again** (ours, step 1's loss on new renders at a lower learning rate): step 2 moves the image
+   positions off the caption embeddings, and a short return puts them back (``docs/FINDINGS.md``, 32).
 
-LLaVA's recipe is step 2 alone (``caption_steps=0``); ``docs/PAPER_MAP.md`` says why we add step 1.
+LLaVA's recipe is step 2 alone (``caption_steps=0, recaption_steps=0``); ``docs/PAPER_MAP.md`` says why we add
+steps 1 and 3.
 :func:`reading_accuracy` scores a model on held-out renders, field by field.
 """
 
@@ -56,6 +59,13 @@ class SightConfig:
     """Question/answer pairs per step-2 update."""
     answer_lr: float = 2e-4
     """Peak learning rate of step 2."""
+    recaption_steps: int = 600
+    """Updates of step 3 (ours): step 1's loss again, on renders step 1 never drew, after step 2, which moves the
+    image positions off the caption embeddings (the shipped build: caption tokens carried on 8 held-out renders a
+    task 97% after step 1, 36% after step 2, 95.5% after 600 updates of step 3, ``docs/FINDINGS.md``, 32).
+    0: end with step 2 (LLaVA's order; the shipped weights before 2026-12-06)."""
+    recaption_lr: float = 3e-4
+    """Peak learning rate of step 3 (batch: ``caption_batch``)."""
     seed: int = 0
     """Initialisation of the tower and projector (the renders' seeds follow from the step)."""
     alignment: str = "monotonic"
@@ -95,12 +105,18 @@ class SightConfig:
             "sight.",
             {"caption_steps": at_least_0, "caption_batch": at_least_1, "caption_lr": positive,
              "answer_steps": at_least_0, "answer_batch": at_least_1, "answer_lr": positive,
+             "recaption_steps": at_least_0, "recaption_lr": positive,
              "check_every": at_least_0, "check_renders": at_least_1},
         )  # fmt: skip
 
 
-BEFORE_ADDED = {"alignment": "fixed"}
-"""What a run saved before a setting existed did (``alignment``: fixed, the default until monotonic replaced it)."""
+STEP_SETTINGS = {2: ("answer_steps", "answer_batch", "answer_lr"), 3: ("recaption_steps", "recaption_lr")}
+"""The settings only step 2 or step 3 reads: a saved run that has not begun that step continues with new ones (a
+finished two-step build gains step 3)."""
+
+BEFORE_ADDED = {"alignment": "fixed", "recaption_steps": 0}
+"""What a run saved before a setting existed did (``alignment``: fixed, the default until monotonic replaced it;
+``recaption_steps``: 0, no step 3)."""
 
 
 # ---- step 1: captions into the embedding space -----------------------------------------------------------------
@@ -309,12 +325,13 @@ def _pixels(processor, images) -> torch.Tensor:
 
 
 def train_caption_step(
-    vlm: nn.Module, processor, cfg: SightConfig, step: int, opt, scale: float | None = None
+    vlm: nn.Module, processor, cfg: SightConfig, step: int, opt, scale: float | None = None, stage: int = 1
 ) -> dict[str, float]:
-    """One step-1 update on the renders of `step` (`scale`: :func:`caption_loss`'s, or computed here). The row's
-    ``data_seconds``: the part spent rendering and preprocessing."""
+    """One update of step 1 (or, `stage` 3, of step 3: its own renders) on the renders of `step` (`scale`:
+    :func:`caption_loss`'s, or computed here). The row's ``data_seconds``: the part spent rendering and
+    preprocessing."""
     t0 = time.perf_counter()
-    batch = _round(cfg, 1, step, cfg.caption_batch)
+    batch = _round(cfg, stage, step, cfg.caption_batch)
     mods = vision_modules(vlm)
     x = _pixels(processor, [r.image for r in batch]).to(next(mods["vision_tower"].parameters()).dtype)
     captions = [r.caption for r in batch]
@@ -360,11 +377,12 @@ def train_answer_step(vlm: nn.Module, processor, cfg: SightConfig, step: int, op
 def train_sight(
     vlm: nn.Module, processor, cfg: SightConfig, folder: str | Path, every: int = 100, progress: bool = True
 ) -> list[dict[str, float]]:
-    """Run both steps on `vlm` (its language model frozen), saving ``sight.pt`` (the vision weights, optimiser,
-    stage, step and `cfg`) atomically into `folder` every `every` updates; a killed run continues from there (with
-    the same `cfg`: other settings are refused). Returns the logged rows (``stage``, ``step``, losses, seconds; and
-    every ``cfg.check_every`` step-1 updates and at the end of step 2 a ``stage: "check"`` row of
-    :func:`seen_check`, printed too, whose ``step`` counts the updates of both steps so far)."""
+    """Run the three steps on `vlm` (its language model frozen), saving ``sight.pt`` (the vision weights, optimiser,
+    stage, step and `cfg`) atomically into `folder` every `every` updates; a killed or finished run continues from
+    there (with the same `cfg`, but for the settings of a step it has not begun, :data:`STEP_SETTINGS`; other
+    settings are refused). Returns the logged rows (``stage``, ``step``, losses, seconds; and
+    every ``cfg.check_every`` updates of steps 1 and 3 and at the end of each step a ``stage: "check"`` row of
+    :func:`seen_check`, printed too, whose ``step`` counts the updates of all steps so far)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for p in vlm.parameters():
@@ -379,9 +397,14 @@ def train_sight(
         state["config"] = {**asdict(SightConfig()), **BEFORE_ADDED, **state["config"]}
     if state is not None and state["config"] != settings:
         changed = sorted(k for k in settings if state["config"].get(k) != settings[k])
+        at = (state["stage"], state["step"])
+        not_begun = {k for stage, keys in STEP_SETTINGS.items() if at <= (stage, 0) for k in keys}
+        if set(changed) <= not_begun:  # a run extended with (or changing) steps it has not begun
+            state["config"] = settings
+    if state is not None and state["config"] != settings:
         raise ValueError(
-            f"{folder} holds a run of other settings ({', '.join(changed)} differ): continue it with its own settings, "
-            "or give another folder."
+            f"{folder} holds a run of other settings ({', '.join(changed)} differ): continue it with its own settings "
+            "(only those of a step it has not begun may change), or give another folder."
         )
     if state is not None:
         load_vision_state(vlm, state["vision"])
@@ -391,7 +414,9 @@ def train_sight(
     stages = [
         (1, cfg.caption_steps, cfg.caption_lr, functools.partial(train_caption_step, scale=scale)),
         (2, cfg.answer_steps, cfg.answer_lr, train_answer_step),
+        (3, cfg.recaption_steps, cfg.recaption_lr, functools.partial(train_caption_step, scale=scale, stage=3)),
     ]
+    before = {1: 0, 2: cfg.caption_steps, 3: cfg.caption_steps + cfg.answer_steps}  # updates of the earlier steps
     for stage, steps, lr, fn in stages:
         start = 0
         if state is not None and state["stage"] > stage:
@@ -403,7 +428,7 @@ def train_sight(
             sched.load_state_dict(state["sched"])
             start = state["step"]
         vlm.train()
-        desc = "sight: captions" if stage == 1 else "sight: answers"
+        desc = {1: "sight: captions", 2: "sight: answers", 3: "sight: captions again"}[stage]
         with progress_bar(total=steps, initial=start, desc=desc, disable=not progress) as pbar:
             for step in range(start, steps):
                 t0 = time.perf_counter()
@@ -413,10 +438,10 @@ def train_sight(
                 log.append({"stage": stage, "step": step + 1, **row, "seconds": time.perf_counter() - t0})
                 pbar.update(1)
                 pbar.set_postfix_str(f"loss {row['loss']:.3f}", refresh=False)
-                # every check_every step-1 updates and at each step's last (step 2 moves the eyes too)
-                due = step + 1 == steps or (stage == 1 and (step + 1) % max(cfg.check_every, 1) == 0)
+                # every check_every caption updates and at each step's last (step 2 moves the eyes too)
+                due = step + 1 == steps or (stage != 2 and (step + 1) % max(cfg.check_every, 1) == 0)
                 if cfg.check_every and due:
-                    done = step + 1 + (cfg.caption_steps if stage == 2 else 0)  # updates of both steps so far
+                    done = before[stage] + step + 1  # updates of all steps so far
                     vlm.eval()
                     check = seen_check(vlm, processor, cfg.tasks, cfg.check_renders, alignment=cfg.alignment)
                     vlm.train()
