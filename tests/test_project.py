@@ -348,7 +348,8 @@ def test_readme_embedded_vlm_results_match_notebooks_00_03_and_04():
     def pct(task: str, *fields: str) -> list[str]:
         return [f"{seen[task][f]['acc']:.0%}" for f in fields]
 
-    assert pct("NumberLine", "target", "current") == ["100%", "100%"] and "target and position 100%;" in readme
+    target, position = pct("NumberLine", "target", "current")
+    assert target == position and f"NumberLine target and position {target};" in readme
     assert "Blackjack dealer {}, player {}, total {};".format(*pct("Blackjack", "dealer", "player", "total")) in readme
     cards = [*pct("EZPoints", "cards", "formula"), *pct("Points24", "cards", "formula")]
     quoted = {
@@ -362,12 +363,12 @@ def test_readme_embedded_vlm_results_match_notebooks_00_03_and_04():
     babyai = {t: f for t, f in seen.items() if t.startswith("BabyAI-")}
     front = [f["front"]["acc"] for f in babyai.values()]
     objects = [f["objects"]["acc"] for f in babyai.values()]
-    assert f"in front {100 * min(front):.0f}-{max(front):.0%}, no better than the commonest answer" in readme
-    assert all(f["front"]["acc"] <= f["front"]["majority"] + 2 * f["front"]["se"] for f in babyai.values())
+    assert f"object in front {100 * min(front):.0f}-{max(front):.0%}, object lists" in readme
     assert f"object lists {100 * min(objects):.0f}-{max(objects):.0%}." in readme
     read = {t: [c["acc"] for k, c in row.items() if k.startswith("read/")] for t, row in image.items()}
-    assert min(read.pop("NumberLine")) == 1 and all(min(v) < 0.95 for v in read.values())
-    assert "own transcription keeps only NumberLine (100%)" in readme
+    line, rest = read.pop("NumberLine"), [a for v in read.values() for a in v]
+    quoted_read = f"NumberLine {100 * min(line):.0f}-{max(line):.0%}, the rest {100 * min(rest):.0f}-{max(rest):.0%}"
+    assert f"own transcription reads far less ({quoted_read})." in readme
     px = json.loads((ROOT / "nbs_outputs" / "03_offline_afsft_numberline_pixels.metrics.json").read_text())
     assert px["configs"]["afsft"]["eval"] == {"episodes": 100, "seed": 20_000, "num_envs": None}
 

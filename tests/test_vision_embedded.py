@@ -32,6 +32,7 @@ def test_the_weights_ship_small_and_say_what_built_them(shipped):
     assert (WEIGHTS / "vision.safetensors").stat().st_size < 8e6  # the tower and projector in float16
     assert info["built_by"] == "notebooks/00_embedded_vlm.ipynb" and info["language_model"] == "embedded"
     assert info["sight"]["caption_steps"] == 12000 and info["sight"]["alignment"] == "monotonic"
+    assert info["sight"]["answer_steps"] == 200 and info["sight"]["recaption_steps"] == 600
     assert sum(v.numel() for v in state.values()) == pytest.approx(2.4e6, rel=0.1)
     assert json.loads((WEIGHTS / "tower.json").read_text())["tower"] == asdict(tower)
 
@@ -120,5 +121,6 @@ def test_notebook_00_scores_the_shipped_weights_without_a_build(tmp_path):
     m = json.loads(metrics.read_text())
     _, _, info = read_vision(WEIGHTS)
     assert m["build"] is False and m["train_minutes"] == info["train_minutes"] and m["shipped"] is None
-    assert [c["step"] for c in m["checks"]][-1] == info["sight"]["caption_steps"]
+    every_update = sum(info["sight"][k] for k in ("caption_steps", "answer_steps", "recaption_steps"))
+    assert [c["step"] for c in m["checks"]][-1] == every_update  # the last check: after step 3
     assert set(m["scores"]["image (embedded-vlm)"]["NumberLine"]) >= {"seen/target", "read/current"}

@@ -41,7 +41,7 @@ ALIGNMENTS = ("fixed", "monotonic")
 
 @dataclass
 class SightConfig:
-    """How the vision is trained (both steps) and scored."""
+    """How the vision is trained (all three steps) and scored."""
 
     tasks: list[str] = field(default_factory=lambda: list(rd.TASKS))
     """Tasks whose renders it learns from (interleaved, one of each per round)."""
