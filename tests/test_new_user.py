@@ -101,11 +101,12 @@ def test_ctrl_c_ends_in_one_line_with_the_command_that_continues(tmp_path, tiny_
         return err.strip().splitlines()[-1]
 
     run_dir = tmp_path / "train"
-    args = ["train", "--config", AFSFT, *common, f"run_dir={run_dir}", "train.steps=400", "train.checkpoint_every=1",
-            "--quiet"]  # fmt: skip
+    # (more updates than a fast CPU runs before the interrupt: 400 tiny ones once ended before two rows were read)
+    args = ["train", "--config", AFSFT, *common, f"run_dir={run_dir}", "train.steps=100000",
+            "train.checkpoint_every=1", "--quiet"]  # fmt: skip
     line = interrupt(args, lambda: len(load_history(run_dir)) >= 2)
     assert line.startswith(f"vlmq train: stopped; {run_dir} holds its checkpoint at update ") and "`vlmq train" in line
-    assert f"run_dir={run_dir}" in line and "train.steps=400" in line
+    assert f"run_dir={run_dir}" in line and "train.steps=100000" in line
 
     online = [*online_overrides(tiny_folders["llama"], tmp_path, epochs=50), f"run_dir={tmp_path / 'online'}"]
     line = interrupt(
