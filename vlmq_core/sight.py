@@ -399,13 +399,12 @@ def train_sight(
         changed = sorted(k for k in settings if state["config"].get(k) != settings[k])
         at = (state["stage"], state["step"])
         not_begun = {k for stage, keys in STEP_SETTINGS.items() if at <= (stage, 0) for k in keys}
-        if set(changed) <= not_begun:  # a run extended with (or changing) steps it has not begun
-            state["config"] = settings
-    if state is not None and state["config"] != settings:
-        raise ValueError(
-            f"{folder} holds a run of other settings ({', '.join(changed)} differ): continue it with its own settings "
-            "(only those of a step it has not begun may change), or give another folder."
-        )
+        if not set(changed) <= not_begun:  # (a run may be extended with, or change, steps it has not begun)
+            raise ValueError(
+                f"{folder} holds a run of other settings ({', '.join(changed)} differ): continue it with its own "
+                "settings (only those of a step it has not begun may change), or give another folder."
+            )
+        state["config"] = settings
     if state is not None:
         load_vision_state(vlm, state["vision"])
     log: list[dict[str, float]] = state["log"] if state else []
