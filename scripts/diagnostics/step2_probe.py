@@ -9,7 +9,7 @@ added to each update (``mixed``, weight 1), each followed by the check. Prints o
 
     mkdir -p runs/w2 && for f in tower.json vision.safetensors; do
         git show 370db4f:vlmq_core/weights/embedded_vlm/$f > runs/w2/$f; done
-    python scripts/diagnostics/step2_probe.py --weights runs/w2 --repair 600 --answer 50     # 25 min, 2-core Xeon
+    python scripts/diagnostics/step2_probe.py --weights runs/w2 --repair 600 --answer 50     # 21 min, 2-core Xeon
 """
 
 from __future__ import annotations
