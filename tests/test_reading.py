@@ -39,6 +39,25 @@ def test_fields_of_each_task():
         rd.fields("MiniWoB-click-test", "x")
 
 
+def test_a_labels_case_is_not_read_but_a_fields_is():
+    said = "dealer shows J. your cards: 3, Q (13)."
+    assert rd.fields("Blackjack", said) == rd.fields("Blackjack", "Dealer shows J. Your cards: 3, Q (13).")
+    assert rd.fields("Blackjack", "Dealer shows j. Your cards: 3, q (13).") == {
+        "dealer": "j",
+        "player": "3, q",
+        "total": "13",
+    }
+    assert rd.fields("NumberLine", "TARGET: 4. current: 5.") == {"target": "4", "current": "5"}
+    assert rd.fields("EZPoints", "cards: 5, 7. formula: 7 + 5") == {"cards": "5, 7", "formula": "7 + 5"}
+    view = "you see a red ball 1 step forward\nyou carry a blue key"
+    assert rd.fields("BabyAI-PickupLoc", view) == {
+        "carrying": "a blue key",
+        "front": "a red ball",
+        "objects": "a red ball 1 step forward",
+    }
+    assert rd.fields("BabyAI-PickupLoc", "You see a Red ball 1 step forward")["front"] == "a Red ball"
+
+
 def test_questions_ask_each_field_and_held_out_seeds_are_disjoint():
     r = rd.reading("Blackjack", rd.TRAIN_SEED)
     asked = dict(r.questions[1:])

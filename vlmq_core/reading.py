@@ -52,16 +52,20 @@ class Reading:
     """``(question, answer)`` pairs about the fields."""
 
 
-_NUMBER_LINE = re.compile(r"Target: (-?\d+)\. Current: (-?\d+)\.")
-_DEALER = re.compile(r"Dealer (?:shows|has) ([^.(]+?)(?: \(([^)]*)\))?\.")
-_PLAYER = re.compile(r"Your cards: ([^(]+?) \(([^)]*)\)\.")
-_CARDS = re.compile(r"Cards: ([^.]+)\. Formula: (.*)$", re.S)
-_SEE = re.compile(r"You see (a wall|an? \w+ \w+) (.+)$")
+# The labels' words are matched in any case ((?i:...)): a label is not a field, and a reader that writes
+# "your cards:" for "Your cards:" has read the hand; the fields themselves must match exactly.
+_NUMBER_LINE = re.compile(r"(?i:Target): (-?\d+)\. (?i:Current): (-?\d+)\.")
+_DEALER = re.compile(r"(?i:Dealer (?:shows|has)) ([^.(]+?)(?: \(([^)]*)\))?\.")
+_PLAYER = re.compile(r"(?i:Your cards): ([^(]+?) \(([^)]*)\)\.")
+_CARDS = re.compile(r"(?i:Cards): ([^.]+)\. (?i:Formula): (.*)$", re.S)
+_SEE = re.compile(r"(?i:You see) (a wall|an? \w+ \w+) (.+)$")
+_CARRY = re.compile(r"(?i:You carry) (.+)$")
 
 
 def fields(task: str, caption: str) -> dict[str, str]:
     """The fields of `caption` (a :attr:`Reading.caption` or a model's transcription of one); a field the text
-    does not give is missing from the dict, so a reader that garbles it scores wrong on it."""
+    does not give is missing from the dict, so a reader that garbles it scores wrong on it. The labels ("Your
+    cards:", "Formula:", "You see") may be in any case; the fields must match exactly."""
     out: dict[str, str] = {}
     if task == "NumberLine":
         m = _NUMBER_LINE.search(caption)
@@ -87,8 +91,8 @@ def fields(task: str, caption: str) -> dict[str, str]:
             m = _SEE.match(line)
             if m:
                 seen.append((m[1], m[2]))
-            elif line.startswith("You carry "):
-                out["carrying"] = line[len("You carry ") :]
+            elif m := _CARRY.match(line):
+                out["carrying"] = m[1]
             else:  # not a view description: nothing in it is read
                 return {}
         out["front"] = next((what for what, where in seen if where == "1 step forward"), "nothing")
