@@ -1,0 +1,77 @@
+"""Can the embedded VLM's tower learn a field it misreads if step 1's loss is given that task's renders alone?
+(docs/FINDINGS.md, 33: Points24's formula.)
+
+From a folder of vision weights (--weights; default the shipped ones), it runs --updates of step 1's loss on renders
+of --tasks only (peak --lr, one-cycle, bfloat16 autocast, batch ``caption_batch``; seeds no build step draws), and
+checks ``sight.seen_check`` on --renders held-out renders of each of --score's tasks (what the image positions carry,
+per field) at the start, every --every updates and at the end. Prints one JSON line per check; nothing is saved.
+
+    python scripts/diagnostics/reading_focus_probe.py --tasks Points24 --updates 600    # 9 min, 2-core Xeon
+    python scripts/diagnostics/reading_focus_probe.py --weights runs/s3_1200/weights --updates 0 \
+        --score NumberLine Blackjack EZPoints Points24 BabyAI-GoToLocal       # score a folder: one check, no update
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import torch
+
+from vlmq_core import reading as rd
+from vlmq_core import sight as S
+from vlmq_core.model import ModelConfig, load_backbone
+from vlmq_core.vision import WEIGHTS, assemble, read_vision, vision_modules
+
+FIRST_STEP = 30_000
+"""Renders of update i are those of update FIRST_STEP + i of a fourth step: seeds none of the build's three draw."""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--weights", default=str(WEIGHTS), help="a folder save_vision wrote")
+    ap.add_argument("--tasks", nargs="+", default=["Points24"], help="the only tasks step 1's loss sees")
+    ap.add_argument("--updates", type=int, default=600)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--score", nargs="+", default=list(rd.GYM_CARDS), help="tasks checked")
+    ap.add_argument("--renders", type=int, default=100, help="held-out renders a task per check")
+    ap.add_argument("--every", type=int, default=300)
+    args = ap.parse_args()
+    lm, tok, _ = load_backbone(ModelConfig(name="embedded", dtype="float32", device="cpu"))
+    tower, state, built = read_vision(args.weights)
+    cfg = S.SightConfig(**{**S.BEFORE_ADDED, **built["sight"], "tower": tower})
+    cfg = dataclasses.replace(cfg, tasks=list(args.tasks))
+    vlm, proc = assemble(lm, tok, tower, state)
+    for p in vlm.parameters():
+        p.requires_grad_(False)
+    params = [p for m in vision_modules(vlm).values() for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    scale = vlm.get_input_embeddings().weight.detach().float().pow(2).mean().item()
+
+    def check(done: int) -> None:
+        vlm.eval()
+        row = S.seen_check(vlm, proc, args.score, args.renders, alignment=cfg.alignment)
+        vlm.train()
+        fields = {k: round(v, 3) for k, v in row.items() if "/" in k}
+        print(json.dumps({"updates": done, "tokens": round(row["tokens"], 4), **fields}), flush=True)
+
+    check(0)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    sched = S.one_cycle(opt, args.updates, args.lr)
+    vlm.train()
+    t0 = time.perf_counter()
+    for step in range(args.updates):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            row = S.train_caption_step(vlm, proc, cfg, FIRST_STEP + step, opt, scale=scale, stage=4)
+        sched.step()
+        if (step + 1) % args.every == 0 or step + 1 == args.updates:
+            seconds = (time.perf_counter() - t0) / (step + 1)
+            print(f"{step + 1} updates, loss {row['loss']:.4f}, {seconds:.2f} s an update", flush=True)
+            check(step + 1)
+
+
+if __name__ == "__main__":
+    main()
