@@ -33,7 +33,14 @@ from torch import nn
 from vlmq_core import reading as rd
 from vlmq_core.config import ConfigError, check_fields, require
 from vlmq_core.progress import bar as progress_bar
-from vlmq_core.vision import TowerConfig, image_embeddings, load_vision_state, vision_modules, vision_state_dict
+from vlmq_core.vision import (
+    TowerConfig,
+    image_embeddings,
+    load_vision_state,
+    train_only_vision,
+    vision_modules,
+    vision_state_dict,
+)
 
 ALIGNMENTS = ("fixed", "monotonic")
 """Step 1's ways of placing a caption among the image positions (:attr:`SightConfig.alignment`)."""
@@ -385,11 +392,7 @@ def train_sight(
     :func:`seen_check`, printed too, whose ``step`` counts the updates of all steps so far)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for p in vlm.parameters():
-        p.requires_grad_(False)
-    params = [p for m in vision_modules(vlm).values() for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
+    params = train_only_vision(vlm)
     ckpt = folder / "sight.pt"
     state = torch.load(ckpt, weights_only=True) if ckpt.is_file() else None
     settings = asdict(cfg)

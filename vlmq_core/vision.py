@@ -168,6 +168,16 @@ def vision_modules(vlm: nn.Module) -> dict[str, nn.Module]:
     return {"vision_tower": vlm.model.vision_tower, "multi_modal_projector": vlm.model.multi_modal_projector}
 
 
+def train_only_vision(vlm: nn.Module) -> list[nn.Parameter]:
+    """Freeze every parameter of `vlm` but the tower's and projector's (LLaVA's first stage) and return those."""
+    for p in vlm.parameters():
+        p.requires_grad_(False)
+    params = [p for m in vision_modules(vlm).values() for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
 def vision_state_dict(vlm: nn.Module) -> dict[str, torch.Tensor]:
     """The tower's and projector's weights, keyed ``vision_tower.*`` / ``multi_modal_projector.*``."""
     return {f"{name}.{k}": v for name, mod in vision_modules(vlm).items() for k, v in mod.state_dict().items()}

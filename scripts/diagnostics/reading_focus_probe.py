@@ -23,7 +23,7 @@ import torch
 from vlmq_core import reading as rd
 from vlmq_core import sight as S
 from vlmq_core.model import ModelConfig, load_backbone
-from vlmq_core.vision import WEIGHTS, assemble, read_vision, vision_modules
+from vlmq_core.vision import WEIGHTS, assemble, read_vision, train_only_vision
 
 FIRST_STEP = 30_000
 """Renders of update i are those of update FIRST_STEP + i of a fourth step: seeds none of the build's three draw."""
@@ -44,11 +44,7 @@ def main() -> None:
     cfg = S.SightConfig(**{**S.BEFORE_ADDED, **built["sight"], "tower": tower})
     cfg = dataclasses.replace(cfg, tasks=list(args.tasks))
     vlm, proc = assemble(lm, tok, tower, state)
-    for p in vlm.parameters():
-        p.requires_grad_(False)
-    params = [p for m in vision_modules(vlm).values() for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
+    params = train_only_vision(vlm)
     scale = vlm.get_input_embeddings().weight.detach().float().pow(2).mean().item()
 
     def check(done: int) -> None:

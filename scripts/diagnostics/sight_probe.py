@@ -24,7 +24,7 @@ import torch
 from vlmq_core import reading as rd
 from vlmq_core.model import ModelConfig, load_backbone
 from vlmq_core.sight import SightConfig, train_answer_step, train_sight
-from vlmq_core.vision import TowerConfig, assemble, vision_modules
+from vlmq_core.vision import TowerConfig, assemble, train_only_vision
 
 
 def main() -> None:
@@ -69,11 +69,7 @@ def main() -> None:
         check_renders=args.held_out,
     )
     if args.answer_updates:
-        params = [p for m in vision_modules(vlm).values() for p in m.parameters()]
-        for p in vlm.parameters():
-            p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
+        params = train_only_vision(vlm)
         opt = torch.optim.AdamW(params, lr=SightConfig.answer_lr, weight_decay=0.01)
         vlm.train()
         for step in range(args.answer_updates):

@@ -22,7 +22,7 @@ import torch
 
 from vlmq_core import sight as S
 from vlmq_core.model import ModelConfig, load_backbone
-from vlmq_core.vision import assemble, load_vision_state, read_vision, vision_modules, vision_state_dict
+from vlmq_core.vision import assemble, load_vision_state, read_vision, train_only_vision, vision_state_dict
 
 
 def main() -> None:
@@ -37,11 +37,7 @@ def main() -> None:
     tower, state, built = read_vision(args.weights)
     cfg = S.SightConfig(**{**S.BEFORE_ADDED, **built["sight"], "tower": tower})
     vlm, proc = assemble(lm, tok, tower, state)
-    for p in vlm.parameters():
-        p.requires_grad_(False)
-    params = [p for m in vision_modules(vlm).values() for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
+    params = train_only_vision(vlm)
     table = vlm.get_input_embeddings().weight.detach()
     scale = table.float().pow(2).mean().item()
 
