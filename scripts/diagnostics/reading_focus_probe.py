@@ -1,12 +1,16 @@
-"""Can the embedded VLM's tower learn a field it misreads if step 1's loss is given that task's renders alone?
+"""Can the embedded VLM's tower learn a field it misreads if step 1's loss sees more of that task's renders?
 (docs/FINDINGS.md, 33: Points24's formula.)
 
 From a folder of vision weights (--weights; default the shipped ones), it runs --updates of step 1's loss on renders
-of --tasks only (peak --lr, one-cycle, bfloat16 autocast, batch ``caption_batch``; seeds no build step draws), and
-checks ``sight.seen_check`` on --renders held-out renders of each of --score's tasks (what the image positions carry,
-per field) at the start, every --every updates and at the end. Prints one JSON line per check; nothing is saved.
+of --tasks only, in turn (a task named twice gets twice the renders) (peak --lr, one-cycle, bfloat16 autocast, batch
+``caption_batch``; seeds no build step draws), and checks ``sight.seen_check`` on --renders held-out renders of each
+of --score's tasks (what the image positions carry, per field) at the start, every --every updates and at the end.
+Prints one JSON line per check; nothing is saved.
 
     python scripts/diagnostics/reading_focus_probe.py --tasks Points24 --updates 600    # 9 min, 2-core Xeon
+    python scripts/diagnostics/reading_focus_probe.py --tasks NumberLine Blackjack EZPoints Points24 \
+        BabyAI-GoToRedBall BabyAI-GoToObj BabyAI-GoToLocal BabyAI-PickupLoc BabyAI-PutNextLocal \
+        Points24 Points24 Points24 --updates 1200 --every 600                     # 13 min: Points24 a third
     python scripts/diagnostics/reading_focus_probe.py --weights runs/s3_1200/weights --updates 0 \
         --score NumberLine Blackjack EZPoints Points24 BabyAI-GoToLocal       # score a folder: one check, no update
 """
@@ -32,7 +36,12 @@ FIRST_STEP = 30_000
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", default=str(WEIGHTS), help="a folder save_vision wrote")
-    ap.add_argument("--tasks", nargs="+", default=["Points24"], help="the only tasks step 1's loss sees")
+    ap.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["Points24"],
+        help="the tasks step 1's loss sees, in turn (repeat one to weight it)",
+    )
     ap.add_argument("--updates", type=int, default=600)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--score", nargs="+", default=list(rd.GYM_CARDS), help="tasks checked")
