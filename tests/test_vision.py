@@ -3,12 +3,14 @@ test and an AFSFT update from images (the real model's loading is in test_vision
 
 import itertools
 import math
+from collections import Counter
 from dataclasses import asdict, replace
 
 import pytest
 import torch
 
 from vlmq_core import reading as rd
+from vlmq_core import sight
 from vlmq_core.config import ConfigError
 from vlmq_core.model import VISION_WEIGHTS, ModelConfig, ModelLoadError, Policy, PolicyConfig, check_model_name
 from vlmq_core.sight import (
@@ -99,18 +101,17 @@ def test_tower_and_sight_settings_are_refused_in_one_sentence():
     assert SightConfig(tower={"layers": 2}).tower == TowerConfig(layers=2)
     with pytest.raises(ConfigError, match=r"^sight.check_renders must be >= 1, not 0\.$"):
         SightConfig(check_renders=0)
+    with pytest.raises(ConfigError, match=r"^sight.recaption_more: no renders to read for \['Points42'\]"):
+        SightConfig(recaption_more=["Points42"])
 
 
-def test_sight_under_bf16_autocast_keeps_float32_weights_and_learns(tmp_path):
-    cfg = SightConfig(tasks=["NumberLine"], tower=TINY_TOWER, caption_steps=3, caption_batch=2, answer_steps=1,
-                      answer_batch=1, recaption_steps=1, bf16=True, check_renders=1)  # fmt: skip
-    vlm, proc = tiny_embedded_vlm()
-    before = {k: v.detach().clone() for k, v in vision_params(vlm).items()}
-    log = train_sight(vlm, proc, cfg, tmp_path, progress=False)
-    assert [r["stage"] for r in log] == [1, 1, 1, "check", 2, "check", 3, "check"]
-    assert all(math.isfinite(r["loss"]) for r in log if r["stage"] != "check")
-    assert {v.dtype for v in vision_params(vlm).values()} == {torch.float32}
-    assert any(not torch.equal(v, before[k]) for k, v in vision_params(vlm).items())
+def test_step_3_draws_a_task_named_in_recaption_more_once_more_a_round_and_only_step_3_does():
+    more = ["Points24", "Points24", "EZPoints"]
+    cfg = SightConfig(tasks=["NumberLine", "Blackjack", "Points24"], recaption_more=more)
+    count = lambda stage: Counter(r.task for r in sight._round(cfg, stage, 5, 10))  # noqa: E731
+    assert count(3) == {"Points24": 6, "NumberLine": 2, "Blackjack": 2}  # EZPoints is not among the tasks
+    for stage in (1, 2):  # ten renders of three tasks in turn
+        assert set(count(stage)) == set(cfg.tasks) and sorted(count(stage).values()) == [3, 3, 4]
 
 
 def test_a_finished_two_step_build_gains_step_3_and_nothing_else_may_change(tmp_path):
@@ -120,10 +121,11 @@ def test_a_finished_two_step_build_gains_step_3_and_nothing_else_may_change(tmp_
     vlm, proc = tiny_embedded_vlm()
     first = train_sight(vlm, proc, two, tmp_path, progress=False)
     saved = torch.load(tmp_path / "sight.pt", weights_only=True)
-    del saved["config"]["recaption_steps"], saved["config"]["recaption_lr"]  # saved before the settings existed
+    for key in ("recaption_steps", "recaption_lr", "recaption_more"):  # saved before the settings existed
+        del saved["config"][key]
     torch.save(saved, tmp_path / "sight.pt")
     moved = {k: v.clone() for k, v in vision_state_dict(vlm).items()}
-    three = replace(two, recaption_steps=2)
+    three = replace(two, recaption_steps=2, recaption_more=["NumberLine"])
     log = train_sight(tiny_embedded_vlm()[0], proc, three, tmp_path, progress=False)
     assert log[: len(first)] == first
     assert [(r["stage"], r["step"]) for r in log[len(first) :]] == [(3, 1), (3, 2), ("check", 5)]
@@ -132,6 +134,8 @@ def test_a_finished_two_step_build_gains_step_3_and_nothing_else_may_change(tmp_
         train_sight(tiny_embedded_vlm()[0], proc, replace(three, recaption_lr=1e-3), tmp_path, progress=False)
     with pytest.raises(ValueError, match=r"holds a run of other settings \(answer_steps differ\)"):
         train_sight(tiny_embedded_vlm()[0], proc, replace(three, answer_steps=2), tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"holds a run of other settings \(recaption_more differ\)"):
+        train_sight(tiny_embedded_vlm()[0], proc, replace(three, recaption_more=[]), tmp_path, progress=False)
     after = torch.load(tmp_path / "sight.pt", weights_only=True)["vision"]
     assert any(not torch.equal(v, moved[k]) for k, v in after.items())  # step 3 moved the eyes
 

@@ -73,6 +73,11 @@ class SightConfig:
     0: end with step 2 (LLaVA's order; the shipped weights before 2026-12-06)."""
     recaption_lr: float = 3e-4
     """Peak learning rate of step 3 (batch: ``caption_batch``)."""
+    recaption_more: list[str] = field(default_factory=lambda: ["Points24"] * 3)
+    """Tasks step 3 draws more renders of (ours): each name adds one turn of its task to each round of ``tasks``
+    (Points24 three times: a third of step 3's renders, for the field the eyes misread most, its formula,
+    ``docs/FINDINGS.md``, 33); names outside ``tasks`` are left out; []: every task alike (the shipped weights
+    before 2026-12-06)."""
     seed: int = 0
     """Initialisation of the tower and projector (the renders' seeds follow from the step)."""
     alignment: str = "monotonic"
@@ -97,9 +102,11 @@ class SightConfig:
         if isinstance(self.tower, dict):
             self.tower = TowerConfig(**self.tower)
         check_fields(self, "sight.")
-        unknown = [t for t in self.tasks if t not in rd.TASKS]
-        if unknown:
-            raise ConfigError(f"sight.tasks: no renders to read for {unknown}; readable tasks: {', '.join(rd.TASKS)}.")
+        for key in ("tasks", "recaption_more"):
+            unknown = [t for t in getattr(self, key) if t not in rd.TASKS]
+            if unknown:
+                readable = ", ".join(rd.TASKS)
+                raise ConfigError(f"sight.{key}: no renders to read for {unknown}; readable tasks: {readable}.")
         at_least_1, at_least_0, positive = (
             (lambda v: v >= 1, ">= 1"),
             (lambda v: v >= 0, ">= 0"),
@@ -117,13 +124,16 @@ class SightConfig:
         )  # fmt: skip
 
 
-STEP_SETTINGS = {2: ("answer_steps", "answer_batch", "answer_lr"), 3: ("recaption_steps", "recaption_lr")}
+STEP_SETTINGS = {
+    2: ("answer_steps", "answer_batch", "answer_lr"),
+    3: ("recaption_steps", "recaption_lr", "recaption_more"),
+}
 """The settings only step 2 or step 3 reads: a saved run that has not begun that step continues with new ones (a
 finished two-step build gains step 3)."""
 
-BEFORE_ADDED = {"alignment": "fixed", "recaption_steps": 0}
+BEFORE_ADDED = {"alignment": "fixed", "recaption_steps": 0, "recaption_more": []}
 """What a run saved before a setting existed did (``alignment``: fixed, the default until monotonic replaced it;
-``recaption_steps``: 0, no step 3)."""
+``recaption_steps``: 0, no step 3; ``recaption_more``: none, every task alike)."""
 
 
 # ---- step 1: captions into the embedding space -----------------------------------------------------------------
@@ -324,7 +334,8 @@ def one_cycle(opt: torch.optim.Optimizer, steps: int, lr: float) -> torch.optim.
 def _round(cfg: SightConfig, stage: int, step: int, size: int) -> list[rd.Reading]:
     """The renders of update `step` of `stage`: seeds follow from (stage, step), so a resumed run sees the same."""
     base = rd.TRAIN_SEED + stage * 100_000_000 + step * size
-    return [rd.reading(cfg.tasks[(base + i) % len(cfg.tasks)], base + i) for i in range(size)]
+    tasks = cfg.tasks + [t for t in cfg.recaption_more if t in cfg.tasks] if stage == 3 else cfg.tasks
+    return [rd.reading(tasks[(base + i) % len(tasks)], base + i) for i in range(size)]
 
 
 def _pixels(processor, images) -> torch.Tensor:
