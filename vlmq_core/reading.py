@@ -136,17 +136,15 @@ def _env(task: str):
     return make_env(task, **ENV_KWARGS.get(task, {}))
 
 
-def reading(task: str, seed: int, deep: bool = False) -> Reading:
+def reading(task: str, seed: int) -> Reading:
     """The state of `task` that `seed` picks: reset with `seed`, then up to :data:`MAX_MOVES` moves, each the
-    task's oracle (when it has one) or a random valid reply with even odds. The same `seed` gives the same state.
-    `deep`: at least ``MAX_MOVES // 2`` moves, every one the oracle's when the task has one (Points24: a formula of
-    five symbols or more in 80% of states against 9%; what the eyes misread, ``docs/FINDINGS.md``, 34)."""
+    task's oracle (when it has one) or a random valid reply with even odds. The same `seed` gives the same state."""
     env = _env(task)
     rng = np.random.default_rng([seed, TASKS.index(task) if task in TASKS else 99])
     obs, _ = env.reset(seed=int(seed))
     oracle = get_task(task).oracle
-    for _ in range(int(rng.integers(MAX_MOVES // 2 if deep else 0, MAX_MOVES + 1))):
-        if oracle is not None and (deep or rng.random() < 0.5):
+    for _ in range(int(rng.integers(0, MAX_MOVES + 1))):
+        if oracle is not None and rng.random() < 0.5:
             reply = oracle_reply(env, rng)
         else:
             reply = env.random_reply(rng)
