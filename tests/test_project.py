@@ -367,7 +367,8 @@ def test_readme_embedded_vlm_results_match_notebooks_00_03_and_04():
     assert f"object lists {100 * min(objects):.0f}-{max(objects):.0%}." in readme
     read = {t: [c["acc"] for k, c in row.items() if k.startswith("read/")] for t, row in image.items()}
     line, rest = read.pop("NumberLine"), [a for v in read.values() for a in v]
-    quoted_read = f"NumberLine {100 * min(line):.0f}-{max(line):.0%}, the rest {100 * min(rest):.0f}-{max(rest):.0%}"
+    span = lambda xs: f"{max(xs):.0%}" if min(xs) == max(xs) else f"{100 * min(xs):.0f}-{max(xs):.0%}"  # noqa: E731
+    quoted_read = f"NumberLine {span(line)}, the rest {span(rest)}"
     assert f"own transcription reads far less ({quoted_read})." in readme
     px = json.loads((ROOT / "nbs_outputs" / "03_offline_afsft_numberline_pixels.metrics.json").read_text())
     assert px["configs"]["afsft"]["eval"] == {"episodes": 100, "seed": 20_000, "num_envs": None}

@@ -32,7 +32,8 @@ def test_the_weights_ship_small_and_say_what_built_them(shipped):
     assert (WEIGHTS / "vision.safetensors").stat().st_size < 8e6  # the tower and projector in float16
     assert info["built_by"] == "notebooks/00_embedded_vlm.ipynb" and info["language_model"] == "embedded"
     assert info["sight"]["caption_steps"] == 12000 and info["sight"]["alignment"] == "monotonic"
-    assert info["sight"]["answer_steps"] == 200 and info["sight"]["recaption_steps"] == 600
+    assert info["sight"]["answer_steps"] == 200 and info["sight"]["recaption_steps"] == 3000
+    assert info["sight"]["recaption_more"] == ["Points24"] * 3
     assert sum(v.numel() for v in state.values()) == pytest.approx(2.4e6, rel=0.1)
     assert json.loads((WEIGHTS / "tower.json").read_text())["tower"] == asdict(tower)
 

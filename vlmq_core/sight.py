@@ -68,15 +68,15 @@ class SightConfig:
     """Peak learning rate of step 2."""
     recaption_steps: int = 600
     """Updates of step 3 (ours): step 1's loss again, on renders step 1 never drew, after step 2, which moves the
-    image positions off the caption embeddings (the shipped build: caption tokens carried on 8 held-out renders a
-    task 97% after step 1, 36% after step 2, 95.5% after 600 updates of step 3, ``docs/FINDINGS.md``, 32).
-    0: end with step 2 (LLaVA's order; the shipped weights before 2026-12-06)."""
+    image positions off the caption embeddings (caption tokens carried on 8 held-out renders a task 97% after step
+    1, 36% after step 2, 95.5% after 600 updates of step 3, ``docs/FINDINGS.md``, 32; the shipped build runs 3000,
+    with ``recaption_more``, 34). 0: end with step 2 (LLaVA's order; the shipped weights before 2026-12-06)."""
     recaption_lr: float = 3e-4
     """Peak learning rate of step 3 (batch: ``caption_batch``)."""
     recaption_more: list[str] = field(default_factory=lambda: ["Points24"] * 3)
     """Tasks step 3 draws more renders of (ours): each name adds one turn of its task to each round of ``tasks``
-    (Points24 three times: a third of step 3's renders, for the field the eyes misread most, its formula,
-    ``docs/FINDINGS.md``, 33); names outside ``tasks`` are left out; []: every task alike (the shipped weights
+    (Points24 three times: a third of step 3's renders, for the field the eyes misread most, its formula: 86% ->
+    93%, ``docs/FINDINGS.md``, 33-34); names outside ``tasks`` are left out; []: every task alike (the shipped weights
     before 2026-12-06)."""
     seed: int = 0
     """Initialisation of the tower and projector (the renders' seeds follow from the step)."""
