@@ -114,6 +114,18 @@ def test_step_3_draws_a_task_named_in_recaption_more_once_more_a_round_and_only_
         assert set(count(stage)) == set(cfg.tasks) and sorted(count(stage).values()) == [3, 3, 4]
 
 
+def test_sight_under_bf16_autocast_keeps_float32_weights_and_learns(tmp_path):
+    cfg = SightConfig(tasks=["NumberLine"], tower=TINY_TOWER, caption_steps=3, caption_batch=2, answer_steps=1,
+                      answer_batch=1, recaption_steps=1, bf16=True, check_renders=1)  # fmt: skip
+    vlm, proc = tiny_embedded_vlm()
+    before = {k: v.detach().clone() for k, v in vision_params(vlm).items()}
+    log = train_sight(vlm, proc, cfg, tmp_path, progress=False)
+    assert [r["stage"] for r in log] == [1, 1, 1, "check", 2, "check", 3, "check"]
+    assert all(math.isfinite(r["loss"]) for r in log if r["stage"] != "check")
+    assert {v.dtype for v in vision_params(vlm).values()} == {torch.float32}
+    assert any(not torch.equal(v, before[k]) for k, v in vision_params(vlm).items())
+
+
 def test_a_finished_two_step_build_gains_step_3_and_nothing_else_may_change(tmp_path):
     # the shipped weights' history: a build saved before step 3 existed, continued with it from its checkpoint
     two = SightConfig(tasks=["NumberLine"], tower=TINY_TOWER, caption_steps=2, caption_batch=2, answer_steps=1,
