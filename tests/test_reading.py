@@ -18,22 +18,6 @@ def test_a_seed_picks_one_state_and_its_caption_is_the_summary_less_what_the_pic
     assert len(formulas) > 3  # the moves after the reset write formulas
 
 
-def test_a_finished_state_is_the_plain_one_ended_with_the_finishing_action():
-    ended = 0
-    for i in range(30):
-        for task in rd.FINISH:
-            plain, done = rd.reading(task, rd.TRAIN_SEED + i), rd.reading(task, rd.TRAIN_SEED + i, finish=True)
-            assert done.fields["cards"] == plain.fields["cards"] and "=" in done.fields["formula"]
-            if "=" not in plain.fields["formula"]:  # the plain game had not ended: "=" wrote its end
-                ended += 1
-                assert done.fields["formula"].startswith(plain.fields["formula"] + " = ")
-            else:
-                assert done.caption == plain.caption
-    assert ended > 40  # most plain states are unfinished
-    with pytest.raises(ValueError, match=r"^NumberLine has no action that finishes a game; .* EZPoints, Points24$"):
-        rd.reading("NumberLine", rd.TRAIN_SEED, finish=True)
-
-
 def test_fields_of_each_task():
     assert rd.fields("NumberLine", "Target: 4. Current: 5.") == {"target": "4", "current": "5"}
     assert rd.fields("Blackjack", "Dealer shows J. Your cards: 3, Q (13).") == {

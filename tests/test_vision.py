@@ -103,27 +103,15 @@ def test_tower_and_sight_settings_are_refused_in_one_sentence():
         SightConfig(check_renders=0)
     with pytest.raises(ConfigError, match=r"^sight.recaption_more: no renders to read for \['Points42'\]"):
         SightConfig(recaption_more=["Points42"])
-    with pytest.raises(ConfigError, match=r"^sight.recaption_finished: no action finishes a game of \['Blackjack'\]"):
-        SightConfig(recaption_finished=["Blackjack"])
 
 
 def test_step_3_draws_a_task_named_in_recaption_more_once_more_a_round_and_only_step_3_does():
     more = ["Points24", "Points24", "EZPoints"]
-    cfg = SightConfig(tasks=["NumberLine", "Blackjack", "Points24"], recaption_more=more, recaption_finished=[])
+    cfg = SightConfig(tasks=["NumberLine", "Blackjack", "Points24"], recaption_more=more)
     count = lambda stage: Counter(r.task for r in sight._round(cfg, stage, 5, 10))  # noqa: E731
     assert count(3) == {"Points24": 6, "NumberLine": 2, "Blackjack": 2}  # EZPoints is not among the tasks
     for stage in (1, 2):  # ten renders of three tasks in turn
         assert set(count(stage)) == set(cfg.tasks) and sorted(count(stage).values()) == [3, 3, 4]
-
-
-def test_step_3_draws_a_finished_game_for_each_name_in_recaption_finished_and_only_step_3_does():
-    cfg = SightConfig(tasks=["NumberLine", "Points24"], recaption_more=[], recaption_finished=["Points24", "EZPoints"])
-    finished = lambda r: "=" in r.fields.get("formula", "")  # noqa: E731
-    three = sight._round(cfg, 3, 5, 30)  # turns: NumberLine, Points24, Points24 finished (EZPoints: not a task)
-    assert Counter(r.task for r in three) == {"NumberLine": 10, "Points24": 20}
-    turn = (rd.TRAIN_SEED + 3 * 100_000_000 + 5 * 30) % 3
-    assert all(finished(r) for i, r in enumerate(three) if (turn + i) % 3 == 2)
-    assert sum(finished(r) for r in sight._round(cfg, 1, 5, 30)) < 8  # plain states: most are unfinished
 
 
 def test_sight_under_bf16_autocast_keeps_float32_weights_and_learns(tmp_path):
@@ -145,11 +133,11 @@ def test_a_finished_two_step_build_gains_step_3_and_nothing_else_may_change(tmp_
     vlm, proc = tiny_embedded_vlm()
     first = train_sight(vlm, proc, two, tmp_path, progress=False)
     saved = torch.load(tmp_path / "sight.pt", weights_only=True)
-    for key in ("recaption_steps", "recaption_lr", "recaption_more", "recaption_finished"):  # saved before they existed
+    for key in ("recaption_steps", "recaption_lr", "recaption_more"):  # saved before the settings existed
         del saved["config"][key]
     torch.save(saved, tmp_path / "sight.pt")
     moved = {k: v.clone() for k, v in vision_state_dict(vlm).items()}
-    three = replace(two, recaption_steps=2, recaption_more=["NumberLine"], recaption_finished=[])
+    three = replace(two, recaption_steps=2, recaption_more=["NumberLine"])
     log = train_sight(tiny_embedded_vlm()[0], proc, three, tmp_path, progress=False)
     assert log[: len(first)] == first
     assert [(r["stage"], r["step"]) for r in log[len(first) :]] == [(3, 1), (3, 2), ("check", 5)]

@@ -22,7 +22,6 @@ from PIL import Image, ImageDraw
 from vlmq_core.envs import get_task, make_env
 from vlmq_core.envs.cards import font
 from vlmq_core.envs.oracles import oracle_reply
-from vlmq_core.envs.text_action import ACTION_TAG
 
 GYM_CARDS = ("NumberLine", "Blackjack", "EZPoints", "Points24")
 BABYAI = ("BabyAI-GoToRedBall", "BabyAI-GoToObj", "BabyAI-GoToLocal", "BabyAI-PickupLoc", "BabyAI-PutNextLocal")
@@ -36,9 +35,6 @@ HELD_OUT_SEED = 900_000_000
 """First env seed of the held-out renders the reading accuracy is measured on."""
 MAX_MOVES = 8
 """A state is reached by 0..MAX_MOVES moves after the reset (fewer when the episode ends first)."""
-FINISH = {"EZPoints": "=", "Points24": "="}
-"""The action that ends a game at once, for the tasks whose finished state shows text of its own (the points
-games: the formula's value or ``invalid``, and the verdict, ``9 + 6 = 15. Not 24 with all cards.``)."""
 
 
 @dataclass(frozen=True)
@@ -140,18 +136,13 @@ def _env(task: str):
     return make_env(task, **ENV_KWARGS.get(task, {}))
 
 
-def reading(task: str, seed: int, finish: bool = False) -> Reading:
+def reading(task: str, seed: int) -> Reading:
     """The state of `task` that `seed` picks: reset with `seed`, then up to :data:`MAX_MOVES` moves, each the
-    task's oracle (when it has one) or a random valid reply with even odds. The same `seed` gives the same state.
-    `finish`: then, unless the game has ended, the task's :data:`FINISH` action, so the render shows a finished
-    game (the moves before it are those of the plain state)."""
-    if finish and task not in FINISH:
-        raise ValueError(f"{task} has no action that finishes a game; finished games are drawn for {', '.join(FINISH)}")
+    task's oracle (when it has one) or a random valid reply with even odds. The same `seed` gives the same state."""
     env = _env(task)
     rng = np.random.default_rng([seed, TASKS.index(task) if task in TASKS else 99])
     obs, _ = env.reset(seed=int(seed))
     oracle = get_task(task).oracle
-    ended = False
     for _ in range(int(rng.integers(0, MAX_MOVES + 1))):
         if oracle is not None and rng.random() < 0.5:
             reply = oracle_reply(env, rng)
@@ -160,10 +151,7 @@ def reading(task: str, seed: int, finish: bool = False) -> Reading:
         nxt, _, terminated, truncated, _ = env.step(reply)
         obs = nxt
         if terminated or truncated:
-            ended = True
             break
-    if finish and not ended:
-        obs = env.step(f"{ACTION_TAG} {FINISH[task]}")[0]
     caption = caption_of(task, obs["text"])
     return Reading(task, int(seed), obs["image"], caption, fields(task, caption), questions(task, caption))
 

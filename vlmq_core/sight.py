@@ -78,12 +78,6 @@ class SightConfig:
     (Points24 three times: a third of step 3's renders, for the field the eyes misread most, its formula: 86% ->
     93%, ``docs/FINDINGS.md``, 33-34); names outside ``tasks`` are left out; []: every task alike (the shipped weights
     before 2026-12-06)."""
-    recaption_finished: list[str] = field(default_factory=lambda: ["Points24"] * 2)
-    """Tasks step 3 draws finished games of (ours): each name adds one turn a round, a state drawn as usual and
-    then ended with the task's finishing action (``reading.FINISH``: the points games' ``=``), for the formula the
-    eyes misread most, a finished one (``9 + 6 = 15. Not 24 with all cards.``: 14 of 25 such Points24 renders
-    missed against 10 of 375 others, ``docs/FINDINGS.md``, 35); names outside ``tasks`` are left out; []: none
-    (the shipped weights before 2026-12-06, 35)."""
     seed: int = 0
     """Initialisation of the tower and projector (the renders' seeds follow from the step)."""
     alignment: str = "monotonic"
@@ -113,12 +107,6 @@ class SightConfig:
             if unknown:
                 readable = ", ".join(rd.TASKS)
                 raise ConfigError(f"sight.{key}: no renders to read for {unknown}; readable tasks: {readable}.")
-        unknown = [t for t in self.recaption_finished if t not in rd.FINISH]
-        if unknown:
-            finishing = ", ".join(rd.FINISH)
-            raise ConfigError(
-                f"sight.recaption_finished: no action finishes a game of {unknown}; tasks with one: {finishing}."
-            )
         at_least_1, at_least_0, positive = (
             (lambda v: v >= 1, ">= 1"),
             (lambda v: v >= 0, ">= 0"),
@@ -138,14 +126,14 @@ class SightConfig:
 
 STEP_SETTINGS = {
     2: ("answer_steps", "answer_batch", "answer_lr"),
-    3: ("recaption_steps", "recaption_lr", "recaption_more", "recaption_finished"),
+    3: ("recaption_steps", "recaption_lr", "recaption_more"),
 }
 """The settings only step 2 or step 3 reads: a saved run that has not begun that step continues with new ones (a
 finished two-step build gains step 3)."""
 
-BEFORE_ADDED = {"alignment": "fixed", "recaption_steps": 0, "recaption_more": [], "recaption_finished": []}
+BEFORE_ADDED = {"alignment": "fixed", "recaption_steps": 0, "recaption_more": []}
 """What a run saved before a setting existed did (``alignment``: fixed, the default until monotonic replaced it;
-``recaption_steps``: 0, no step 3; ``recaption_more``: none, every task alike; ``recaption_finished``: none)."""
+``recaption_steps``: 0, no step 3; ``recaption_more``: none, every task alike)."""
 
 
 # ---- step 1: captions into the embedding space -----------------------------------------------------------------
@@ -346,15 +334,8 @@ def one_cycle(opt: torch.optim.Optimizer, steps: int, lr: float) -> torch.optim.
 def _round(cfg: SightConfig, stage: int, step: int, size: int) -> list[rd.Reading]:
     """The renders of update `step` of `stage`: seeds follow from (stage, step), so a resumed run sees the same."""
     base = rd.TRAIN_SEED + stage * 100_000_000 + step * size
-    turns = [(t, False) for t in cfg.tasks]  # (task, finished game)
-    if stage == 3:
-        turns += [(t, False) for t in cfg.recaption_more if t in cfg.tasks]
-        turns += [(t, True) for t in cfg.recaption_finished if t in cfg.tasks]
-    out = []
-    for i in range(size):
-        task, finish = turns[(base + i) % len(turns)]
-        out.append(rd.reading(task, base + i, finish=finish))
-    return out
+    tasks = cfg.tasks + [t for t in cfg.recaption_more if t in cfg.tasks] if stage == 3 else cfg.tasks
+    return [rd.reading(tasks[(base + i) % len(tasks)], base + i) for i in range(size)]
 
 
 def _pixels(processor, images) -> torch.Tensor:
