@@ -13,6 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CONDA_TO_PIP = {"pytorch": "torch"}
 
 
+def span(xs: list[float]) -> str:
+    """Shares as the README quotes them: "0-3%", or one number where the ends are equal ("63%")."""
+    return f"{max(xs):.0%}" if min(xs) == max(xs) else f"{100 * min(xs):.0f}-{max(xs):.0%}"
+
+
 def _split(req: str) -> tuple[str, str]:
     m = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$", req)
     return m.group(1).lower().replace("_", "-"), m.group(2).replace(" ", "")
@@ -367,7 +372,6 @@ def test_readme_embedded_vlm_results_match_notebooks_00_03_and_04():
     assert f"object lists {100 * min(objects):.0f}-{max(objects):.0%}." in readme
     read = {t: [c["acc"] for k, c in row.items() if k.startswith("read/")] for t, row in image.items()}
     line, rest = read.pop("NumberLine"), [a for v in read.values() for a in v]
-    span = lambda xs: f"{max(xs):.0%}" if min(xs) == max(xs) else f"{100 * min(xs):.0f}-{max(xs):.0%}"  # noqa: E731
     quoted_read = f"NumberLine {span(line)}, the rest {span(rest)}"
     assert f"own transcription reads far less ({quoted_read})." in readme
     px = json.loads((ROOT / "nbs_outputs" / "03_offline_afsft_numberline_pixels.metrics.json").read_text())
@@ -388,9 +392,6 @@ def test_readme_quotes_notebook_01_on_the_embedded_vlm():
     readme = " ".join((ROOT / "README.md").read_text().split())
     m = json.loads((ROOT / "nbs_outputs" / "01_base_model_prompting_embedded_vlm.metrics.json").read_text())
     (tasks,) = m["results"].values()
-
-    def span(xs: list[float]) -> str:
-        return f"{100 * min(xs):.0f}-{max(xs):.0%}"
 
     agent = [r["valid"] for runs in tasks.values() for k, r in runs.items() if k.startswith("agent/")]
     gym = {t: runs for t, runs in tasks.items() if not t.startswith("BabyAI")}
