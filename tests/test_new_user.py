@@ -89,8 +89,11 @@ def test_ctrl_c_ends_in_one_line_with_the_command_that_continues(tmp_path, tiny_
     subprocess.run([*cmd, "collect", "--config", AFSFT, *common, "--quiet"], cwd=ROOT, env=env, check=True)
 
     def interrupt(args: list[str], ready) -> str:
+        # SIGINT at its default in the child, as under a terminal: a suite launched as a background job of a
+        # non-interactive shell (CI under `setsid ... &`) starts with SIGINT ignored, its children inherit that, and
+        # Python then installs no KeyboardInterrupt handler, so the interrupt below would be lost
         proc = subprocess.Popen([*cmd, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)  # fmt: skip
+                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
         deadline = time.time() + 300
         while not ready() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
