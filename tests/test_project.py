@@ -145,13 +145,13 @@ def test_readme_prose_results_of_notebooks_01_02_03_and_05_match_their_metrics()
     won = f"({bj['dataset']['buffer/success_frac']:.1%} won), SFT wins {sft}"
     assert won in readme and f"AFSFT {afsft} of 100" in readme
     agent = [r["valid"] for t in rows.values() for s, r in t.items() if s.endswith("/agent")]
-    assert f"are {100 * min(agent):.0f}-{max(agent):.0%} valid with `agent` prompting" in readme
+    assert f"are {span(agent)} valid with `agent` prompting" in readme
     m01 = json.loads((ROOT / "nbs_outputs" / "01_base_model_prompting.metrics.json").read_text())
     (tasks,) = m01["results"].values()
     agent = [runs["agent/text"]["valid"] for runs in tasks.values()]
-    assert f"{100 * min(agent):.0f}-{max(agent):.0%} valid replies on every task with `agent` prompting" in readme
+    assert f"{span(agent)} valid replies on every task with `agent` prompting" in readme
     gym = [runs["min_format/text"]["valid"] for task, runs in tasks.items() if not task.startswith("BabyAI")]
-    assert f"{100 * min(gym):.0f}-{max(gym):.0%} valid on Gym Cards" in readme
+    assert f"{span(gym)} valid on Gym Cards" in readme
     babyai = tasks["BabyAI-GoToLocal"]["min_format/text"]
     assert f"{babyai['valid']:.0%} on BabyAI" in readme
     assert f"({babyai['success']:.0%} success, SE {100 * babyai['success_se']:.0f}," in readme
@@ -368,8 +368,8 @@ def test_readme_embedded_vlm_results_match_notebooks_00_03_and_04():
     babyai = {t: f for t, f in seen.items() if t.startswith("BabyAI-")}
     front = [f["front"]["acc"] for f in babyai.values()]
     objects = [f["objects"]["acc"] for f in babyai.values()]
-    assert f"object in front {100 * min(front):.0f}-{max(front):.0%}, object lists" in readme
-    assert f"object lists {100 * min(objects):.0f}-{max(objects):.0%}." in readme
+    assert f"object in front {span(front)}, object lists" in readme
+    assert f"object lists {span(objects)}." in readme
     read = {t: [c["acc"] for k, c in row.items() if k.startswith("read/")] for t, row in image.items()}
     line, rest = read.pop("NumberLine"), [a for v in read.values() for a in v]
     quoted_read = f"NumberLine {span(line)}, the rest {span(rest)}"
