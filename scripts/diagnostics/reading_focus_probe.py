@@ -13,6 +13,9 @@ Prints one JSON line per check; nothing is saved.
         Points24 Points24 Points24 --updates 1200 --every 600                     # 13 min: Points24 a third
     python scripts/diagnostics/reading_focus_probe.py --weights runs/s3_1200/weights --updates 0 \
         --score NumberLine Blackjack EZPoints Points24 BabyAI-GoToLocal       # score a folder: one check, no update
+
+--image-size reads the images at another size from the start (the same patches, so more of them): the tower's
+position embeddings are resampled (bicubic) to the new grid before the updates (docs/FINDINGS.md, 36).
 """
 
 from __future__ import annotations
@@ -23,14 +26,27 @@ import json
 import time
 
 import torch
+import torch.nn.functional as F
 
 from vlmq_core import reading as rd
 from vlmq_core import sight as S
 from vlmq_core.model import ModelConfig, load_backbone
-from vlmq_core.vision import WEIGHTS, assemble, read_vision, train_only_vision
+from vlmq_core.vision import WEIGHTS, TowerConfig, assemble, read_vision, train_only_vision
 
 FIRST_STEP = 30_000
 """Renders of update i are those of update FIRST_STEP + i of a fourth step: seeds none of the build's three draw."""
+
+POSITIONS = "vision_tower.embeddings.position_embedding.weight"
+
+
+def resized(tower: TowerConfig, state: dict, size: int) -> tuple[TowerConfig, dict]:
+    """`tower` reading `size`-pixel images with the same patches, and `state` with its position embeddings (one
+    row per patch, row-major) resampled bicubically from the old grid to the new one."""
+    old, new = tower.image_size // tower.patch_size, size // tower.patch_size
+    grid = state[POSITIONS].float().view(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    rows = grid.permute(0, 2, 3, 1).reshape(new * new, -1)
+    return dataclasses.replace(tower, image_size=size), {**state, POSITIONS: rows}
 
 
 def main() -> None:
@@ -47,9 +63,12 @@ def main() -> None:
     ap.add_argument("--score", nargs="+", default=list(rd.GYM_CARDS), help="tasks checked")
     ap.add_argument("--renders", type=int, default=100, help="held-out renders a task per check")
     ap.add_argument("--every", type=int, default=300)
+    ap.add_argument("--image-size", type=int, help="read images at this size (a multiple of the patch size)")
     args = ap.parse_args()
     lm, tok, _ = load_backbone(ModelConfig(name="embedded", dtype="float32", device="cpu"))
     tower, state, built = read_vision(args.weights)
+    if args.image_size and args.image_size != tower.image_size:
+        tower, state = resized(tower, state, args.image_size)
     cfg = S.SightConfig(**{**S.BEFORE_ADDED, **built["sight"], "tower": tower})
     cfg = dataclasses.replace(cfg, tasks=list(args.tasks))
     vlm, proc = assemble(lm, tok, tower, state)
