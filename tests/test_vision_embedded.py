@@ -2,8 +2,9 @@
 renders, plays every task from images alone, and notebook 00 rebuilds it the same way (its first updates' losses
 match the ones the shipped build logged). Slow: each test loads the real 135M model."""
 
+import importlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from vlmq_core import reading as rd
 from vlmq_core.buffer import TurnBuffer
 from vlmq_core.collect import CollectConfig, SourceConfig, collect
+from vlmq_core.envs import CATALOG, get_task
 from vlmq_core.model import ModelConfig, PolicyConfig, load_backbone, load_policy
 from vlmq_core.sight import SightConfig, reading_accuracy, train_sight
 from vlmq_core.vision import EMBEDDED_VLM, IMAGE_TOKEN, WEIGHTS, read_vision
@@ -69,12 +71,15 @@ def policy():
 @pytest.mark.parametrize(
     "task", ["NumberLine", "Blackjack", "EZPoints", "Points24", "BabyAI-GoToLocal"], ids=lambda t: t
 )
-def test_it_plays_every_task_from_the_image_alone(policy, task, tmp_path):
+def test_it_plays_every_task_from_the_image_alone(policy, task, tmp_path, monkeypatch):
+    # episodes cut at 6 turns: BabyAI's 64 would make this one test 100 s of its 2-core CI
+    spec, home = get_task(task), importlib.import_module(f"vlmq_core.envs.{CATALOG[task][0]}")
+    monkeypatch.setitem(home.TASKS, task, replace(spec, text_config=replace(spec.text_config, max_steps=6)))
     view = "pov" if task.startswith("BabyAI-") else "full"
     play = CollectConfig(task=task, num_envs=2, max_reply_tokens=8, observation_text=False, view=view)
     data = TurnBuffer(tmp_path)
     results = collect(policy, play, SourceConfig("min_format", 2, 0), buffer=data, progress=False)
-    assert len(results) == 2 and all(r.length >= 1 for r in results)
+    assert len(results) == 2 and all(1 <= r.length <= 6 for r in results)
     turns = data.turns
     assert len(turns) == sum(r.length for r in results)
     assert all(t.image is not None and "shown in the image" in t.prompt for t in turns)
