@@ -37,7 +37,8 @@ def main() -> None:
     vlm.eval()
     rs = [rd.reading(args.task, rd.HELD_OUT_SEED + i) for i in range(args.renders)]
     with torch.no_grad():
-        texts = S.seen_text(vlm, proc, [r.image for r in rs], alignment=built["sight"].get("alignment", "fixed"))
+        alignment = {**S.BEFORE_ADDED, **built["sight"]}["alignment"]  # (weights built before it: fixed)
+        texts = S.seen_text(vlm, proc, [r.image for r in rs], alignment=alignment)
     rows = []
     for i, (r, text) in enumerate(zip(rs, texts, strict=True)):
         truth, got = r.fields["formula"], rd.fields(args.task, text).get("formula")
